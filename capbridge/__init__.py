@@ -1,0 +1,38 @@
+"""capbridge: run untrusted Python in a kernel-confined process and hand it only the
+objects it should reach."""
+
+from ._errors import (
+    CapabilityError,
+    CapbridgeError,
+    ConfinementUnavailable,
+    CPULimitExceeded,
+    MemoryLimitExceeded,
+    ProtocolError,
+    RemoteError,
+    ResourceLimitExceeded,
+    RevokedError,
+    SandboxCrashed,
+    SandboxError,
+    SandboxTimeout,
+)
+from ._expose import capability, expose, facet, revocable, value_type
+
+__all__ = [
+    "expose",
+    "capability",
+    "facet",
+    "revocable",
+    "value_type",
+    "CapbridgeError",
+    "SandboxError",
+    "RemoteError",
+    "SandboxTimeout",
+    "ResourceLimitExceeded",
+    "MemoryLimitExceeded",
+    "CPULimitExceeded",
+    "SandboxCrashed",
+    "ProtocolError",
+    "CapabilityError",
+    "RevokedError",
+    "ConfinementUnavailable",
+]
