@@ -36,3 +36,11 @@ __all__ = [
     "RevokedError",
     "ConfinementUnavailable",
 ]
+
+from ._proxy import Proxy
+from ._sandbox import Limits, Sandbox
+
+__all__ += ["Sandbox", "Limits", "Proxy"]
+
+#: Inside the sandbox: the grants, by name (empty on the host).
+grants: dict = {}

@@ -1,0 +1,149 @@
+"""The in-sandbox runtime: serves the host's requests over the channel.
+
+It runs after lockdown. Its first frame is HELLO with the lockdown report; then it
+serves calls until the host closes the channel. The host reaches it as export 0.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import sys
+import types
+from typing import Any
+
+from ._config import SandboxConfig
+
+__all__ = ["serve", "report_failure", "Runtime"]
+
+
+def _hello(version: int, report: Any) -> bytes:
+    body = pickle.dumps((5, version, report), 5)
+    return len(body).to_bytes(4, "big") + body
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def report_failure(wfd: int, failure: Any) -> None:
+    """Tell the host that lockdown failed (HELLO with the failing step)."""
+    from capbridge._protocol import PROTOCOL_VERSION
+
+    try:
+        _write_all(wfd, _hello(PROTOCOL_VERSION, ("failed", str(failure.step), int(failure.errno), str(failure.hint))))
+    except OSError:
+        pass
+
+
+class Runtime:
+    """Export 0 of the sandbox: what the ``Sandbox`` front door calls."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self.main = types.ModuleType("__main__")
+        self.main.__dict__["__builtins__"] = __builtins__
+        sys.modules["__main__"] = self.main
+        self.loaded: list[types.ModuleType] = []
+        import capbridge
+
+        self.grants: dict[str, Any] = {}
+        capbridge.grants = self.grants  # type: ignore[attr-defined]
+
+    def grant(self, grants: dict[str, Any]) -> None:
+        self.grants.update(grants)
+        self.main.__dict__.update(grants)
+        for mod in self.loaded:
+            mod.__dict__.update(grants)
+
+    def exec(self, source: str, filename: str) -> None:
+        try:
+            code = compile(source, filename, "exec")
+            exec(code, self.main.__dict__)
+        finally:
+            _flush()
+
+    def eval(self, expression: str) -> Any:
+        try:
+            return eval(compile(expression, "<sandbox>", "eval"), self.main.__dict__)
+        finally:
+            _flush()
+
+    def call(self, shipped: tuple) -> Any:
+        fn, args, kwargs = shipped
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _flush()
+
+    def load(self, source: str, name: str) -> types.ModuleType:
+        mod = types.ModuleType(name)
+        mod.__dict__.update(self.grants)
+        mod.__file__ = f"<{name}>"
+        sys.modules[name] = mod
+        try:
+            exec(compile(source, f"<{name}>", "exec"), mod.__dict__)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+        finally:
+            _flush()
+        self.loaded.append(mod)
+        return mod
+
+    def install_fs(self, name: str) -> None:
+        from . import _fsshim
+
+        _fsshim.install(self.grants[name])
+
+    def value_types(self, specs: tuple) -> None:
+        import dataclasses
+
+        from capbridge._expose import value_type, value_type_named
+
+        for name, fields in specs:
+            vt = value_type_named(name)
+            if vt is None or vt.fields != tuple(fields):
+                cls = dataclasses.make_dataclass(name.rpartition(".")[2] or "Value", list(fields))
+                value_type(cls, name=name)
+
+    def ping(self) -> int:
+        return os.getpid()
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
+def serve(rfd: int, wfd: int, config: SandboxConfig, report: Any) -> int:
+    """Send HELLO, then serve the host until it closes the channel; exit code."""
+    from capbridge._channel import Channel
+    from capbridge._errors_data import error_from_data
+    from capbridge._protocol import PROTOCOL_VERSION
+    from capbridge._session import Session
+
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", line_buffering=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", line_buffering=True)
+    sys.stdin = io.TextIOWrapper(io.BytesIO(b""), encoding="utf-8")
+    layers = tuple((l.layer, bool(l.in_force), str(l.detail)) for l in getattr(report, "layers", ()))
+    _write_all(wfd, _hello(PROTOCOL_VERSION, ("ok", os.getpid(), layers)))
+    runtime = Runtime(config)
+    session = Session(trusted_peer=True, max_frame=config.max_message_bytes, debug=config.debug,
+                      bootstrap=runtime)
+    chan = Channel(session, rfd, wfd, raise_error=lambda data: error_from_data(data, trusted=True))
+    try:
+        chan.serve_forever()
+    except (EOFError, OSError):
+        return 0
+    except BaseException:
+        return 0
+    return 0
