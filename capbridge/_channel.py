@@ -23,7 +23,7 @@ from ._session import Session
 __all__ = ["Channel", "ChannelClosed"]
 
 _CALL_T, _RETURN_T, _RAISE_T, _RELEASE_T = int(Tag.CALL), int(Tag.RETURN), int(Tag.RAISE), int(Tag.RELEASE)
-_READ_SIZE = 256 * 1024
+_READ_SIZE = 64 * 1024
 _pack = HEADER.pack
 
 
@@ -56,6 +56,9 @@ class Channel:
         self.rfd = rfd
         self.wfd = wfd
         self._reader = FrameReader(session.max_frame)
+        rbuf = bytearray(_READ_SIZE)
+        self._rbufs = [rbuf]
+        self._rview = memoryview(rbuf)
         self._send_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
@@ -288,7 +291,11 @@ class Channel:
                 return msgs
             want = reader.wanted()
             try:
-                data = os.read(self.rfd, want if want > _READ_SIZE else _READ_SIZE)
+                if want > _READ_SIZE:
+                    data = os.read(self.rfd, want)
+                else:
+                    n = os.readv(self.rfd, self._rbufs)
+                    data = self._rview[:n]
             except InterruptedError:
                 continue
             if not data:
