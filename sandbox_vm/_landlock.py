@@ -1,0 +1,326 @@
+"""Landlock: read-only access to the standard library and the allowed packages only.
+
+Raw syscalls through ctypes (no dependency). Every access right the running kernel's
+ABI knows is *handled*, so whatever no rule grants is denied: all writes, all other
+paths, TCP bind/connect (ABI 4, handled with no rules) and, from ABI 6, abstract unix
+sockets and signals to processes outside the sandbox.
+
+Building a ruleset opens one ``O_PATH`` descriptor per rule, so it is split in two:
+:func:`prepare` builds (and caches, per ``allow_imports``) a ruleset fd, which a
+long-lived fork server can do once; :func:`enforce` applies it in the child.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import importlib.util
+import os
+import struct
+import sys
+
+__all__ = [
+    "DeniedImportFinder", "Ruleset", "abi_version", "cached", "discard_cache", "enforce",
+    "fill_import_caches", "install_import_guard", "prepare", "rule_paths", "unavailable_hint",
+]
+
+SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446  # x86_64 and aarch64
+LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
+LANDLOCK_RULE_PATH_BENEATH = 1
+
+# Filesystem rights, with the ABI version that introduced them.
+FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+FS_ABI1 = (1 << 13) - 1  # EXECUTE .. MAKE_SYM
+FS_REFER, FS_TRUNCATE, FS_IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
+NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1
+SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1
+
+READ_FILE = FS_READ_FILE
+READ_DIR = FS_READ_FILE | FS_READ_DIR
+
+BASE_PACKAGES = ("capbridge", "sandbox_vm", "host_apis", "cloudpickle", "tblib")
+EXCLUDED_STDLIB_ENTRIES = frozenset({"site-packages", "dist-packages"})
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _syscall(nr: int, *args: object) -> int:
+    rc = _libc.syscall(ctypes.c_long(nr), *args)
+    if rc < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return rc
+
+
+def abi_version() -> tuple[int, int]:
+    """``(abi, 0)`` when Landlock is enabled, else ``(0, errno)``."""
+    try:
+        return _syscall(SYS_CREATE_RULESET, None, ctypes.c_size_t(0),
+                        ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION)), 0
+    except OSError as exc:
+        return 0, exc.errno or 0
+
+
+def unavailable_hint(err: int) -> str:
+    """What a person can do about Landlock failing with ``err``."""
+    import errno
+
+    if err == errno.ENOSYS:
+        return "kernel built without CONFIG_SECURITY_LANDLOCK (needs Linux >= 5.13 with it enabled)"
+    if err == errno.EOPNOTSUPP:
+        return ("Landlock is built in but not enabled: add 'landlock' to the lsm= boot parameter "
+                "(or CONFIG_LSM)")
+    if err == errno.EPERM:
+        return "no_new_privs could not be set, or a seccomp filter denies the landlock syscalls"
+    if err == errno.E2BIG:
+        return "too many Landlock layers are already stacked on this process (limit 16)"
+    return f"landlock syscall failed: {os.strerror(err)}"
+
+
+def handled_rights(abi: int) -> tuple[int, int, int]:
+    """``(fs, net, scoped)`` masks of everything the kernel of ``abi`` can restrict."""
+    fs = FS_ABI1
+    if abi >= 2:
+        fs |= FS_REFER
+    if abi >= 3:
+        fs |= FS_TRUNCATE
+    if abi >= 5:
+        fs |= FS_IOCTL_DEV
+    net = NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0
+    scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0
+    return fs, net, scoped
+
+
+def _package_paths(name: str) -> list[str]:
+    """Where top-level module ``name`` lives, found without importing it."""
+    top = name.partition(".")[0]
+    if top in sys.builtin_module_names:
+        return []
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return []
+    if spec is None:
+        return []
+    if spec.submodule_search_locations:
+        return [p for p in spec.submodule_search_locations if os.path.isdir(p)]
+    if spec.origin and os.path.isfile(spec.origin):
+        return [spec.origin]
+    return []  # frozen
+
+
+def stdlib_dir() -> str:
+    return os.path.dirname(os.__file__)
+
+
+def rule_paths(allow_imports: tuple[str, ...]) -> list[str]:
+    """Every path that gets a read-only rule, in a stable order."""
+    stdlib = stdlib_dir()
+    paths = [os.path.join(stdlib, e) for e in sorted(os.listdir(stdlib)) if e not in EXCLUDED_STDLIB_ENTRIES]
+    dynload = [p for p in sys.path if p.endswith("lib-dynload") and os.path.isdir(p)]
+    paths += dynload + shared_libraries(dynload)
+    for name in (*BASE_PACKAGES, *allow_imports):
+        paths += _package_paths(name)
+    seen: set[str] = set()
+    return [p for p in paths if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+
+
+def _elf_needed(path: str) -> list[str]:
+    """The DT_NEEDED sonames of a 64-bit little-endian ELF file ([] if it is not one)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return []
+    if data[:6] != b"\x7fELF\x02\x01":
+        return []
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    loads, dynamic = [], None
+    for i in range(phnum):
+        p_type, _, p_offset, p_vaddr, _, p_filesz = struct.unpack_from("<IIQQQQ", data, phoff + i * phentsize)
+        if p_type == 1:  # PT_LOAD
+            loads.append((p_vaddr, p_offset, p_filesz))
+        elif p_type == 2:  # PT_DYNAMIC
+            dynamic = (p_offset, p_filesz)
+    if dynamic is None:
+        return []
+    needed, strtab = [], None
+    for off in range(dynamic[0], dynamic[0] + dynamic[1], 16):
+        tag, val = struct.unpack_from("<qQ", data, off)
+        if tag == 0:
+            break
+        if tag == 1:  # DT_NEEDED
+            needed.append(val)
+        elif tag == 5:  # DT_STRTAB (a virtual address)
+            strtab = next((val - va + off_ for va, off_, size in loads if va <= val < va + size), None)
+    if strtab is None:
+        return []
+    return [data[strtab + n: data.index(b"\0", strtab + n)].decode() for n in needed]
+
+
+def _library_dirs() -> list[str]:
+    """Where the dynamic loader will look: dirs of libraries already mapped, then defaults."""
+    dirs: list[str] = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                path = fields[5].strip() if len(fields) == 6 else ""
+                if ".so" in path and path.startswith("/"):
+                    dirs.append(os.path.dirname(path))
+    except OSError:
+        pass
+    multiarch = getattr(sys.implementation, "_multiarch", "")
+    for base in ("/lib", "/usr/lib", "/lib64", "/usr/lib64", "/usr/local/lib"):
+        dirs += [os.path.join(base, multiarch), base] if multiarch else [base]
+    return list(dict.fromkeys(d for d in dirs if os.path.isdir(d)))
+
+
+def shared_libraries(dynload_dirs: list[str]) -> list[str]:
+    """The shared libraries that stdlib extension modules link against, recursively.
+
+    Without them ``import zlib`` or ``sqlite3`` fails once Landlock is in force.
+    Libraries already loaded into the process do not need a rule but get one anyway
+    (the list must not depend on what happened to be imported).
+    """
+    dirs = _library_dirs()
+    todo = [os.path.join(d, e) for d in dynload_dirs for e in sorted(os.listdir(d)) if e.endswith(".so")]
+    found: dict[str, str] = {}
+    while todo:
+        for soname in _elf_needed(todo.pop()):
+            if soname in found:
+                continue
+            path = next((os.path.join(d, soname) for d in dirs if os.path.exists(os.path.join(d, soname))), "")
+            found[soname] = path
+            if path:
+                todo.append(path)
+    return sorted(p for p in found.values() if p)
+
+
+class Ruleset:
+    """A prepared ruleset: its fd, the ABI it was built for and what it allows."""
+
+    def __init__(self, fd: int, abi: int, paths: list[str], seconds: float) -> None:
+        self.fd, self.abi, self.paths, self.seconds = fd, abi, paths, seconds
+
+
+_CACHE: dict[tuple[str, ...], Ruleset] = {}
+
+
+def _key(allow_imports: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted({n.partition(".")[0] for n in allow_imports}))
+
+
+def cached(allow_imports: tuple[str, ...]) -> Ruleset | None:
+    """The ruleset :func:`prepare` already built for ``allow_imports``, if any."""
+    return _CACHE.get(_key(allow_imports))
+
+
+def prepare(allow_imports: tuple[str, ...]) -> Ruleset:
+    """Build (or return the cached) ruleset for ``allow_imports``.
+
+    Also fills the import system's directory caches, so imports keep working after
+    enforcement although the parent directories themselves cannot be listed.
+    Raises ``OSError`` when the kernel refuses.
+    """
+    key = _key(allow_imports)
+    if key in _CACHE:
+        return _CACHE[key]
+    import time
+
+    start = time.perf_counter()
+    abi, err = abi_version()
+    if not abi:
+        raise OSError(err, unavailable_hint(err))
+    fs, net, scoped = handled_rights(abi)
+    attr = struct.pack("=QQQ", fs, net, scoped)[: 8 if abi < 4 else 16 if abi < 6 else 24]
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    fd = _syscall(SYS_CREATE_RULESET, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
+    paths = rule_paths(key)
+    try:
+        for path in paths:
+            _add_rule(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    fill_import_caches()
+    ruleset = _CACHE[key] = Ruleset(fd, abi, paths, time.perf_counter() - start)
+    return ruleset
+
+
+def fill_import_caches() -> None:
+    """Let every ``sys.path`` finder list its directory now, while it still can.
+
+    After enforcement ``site-packages`` and the stdlib directory itself cannot be
+    listed (only the entries granted beneath them); the cached listings stay valid
+    as long as the directories' mtimes do not change.
+    """
+    importlib.machinery.PathFinder.find_spec("_capbridge_fill_import_caches_")
+
+
+def _add_rule(ruleset_fd: int, path: str) -> None:
+    try:
+        target = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        access = READ_DIR if os.path.isdir(path) else READ_FILE
+        attr = ctypes.create_string_buffer(struct.pack("=Qi", access, target), 12)
+        _syscall(SYS_ADD_RULE, ctypes.c_int(ruleset_fd), ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
+                 attr, ctypes.c_uint32(0))
+    finally:
+        os.close(target)
+
+
+def enforce(ruleset: Ruleset) -> None:
+    """Restrict the calling thread (and its future threads) to ``ruleset``.
+
+    Sets no_new_privs first, as the kernel requires without CAP_SYS_ADMIN. Only the
+    calling thread is restricted, so call it while the process has one thread.
+    """
+    if _libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        err = ctypes.get_errno()
+        raise OSError(err, "prctl(PR_SET_NO_NEW_PRIVS) failed")
+    _syscall(SYS_RESTRICT_SELF, ctypes.c_int(ruleset.fd), ctypes.c_uint32(0))
+
+
+class DeniedImportFinder:
+    """A ``sys.meta_path`` finder turning "found but unreadable" into ModuleNotFoundError.
+
+    The import caches still list every package in ``site-packages``; without this a
+    package outside ``allow_imports`` would fail with PermissionError, which
+    ``try: import x / except ImportError`` fallbacks do not expect.
+    """
+
+    @classmethod
+    def find_spec(cls, name: str, path: object = None, target: object = None) -> None:
+        if path is not None:
+            return None  # submodules of an importable package are readable
+        spec = importlib.machinery.PathFinder.find_spec(name)
+        if spec is None or not spec.has_location or not spec.origin:
+            return None
+        try:
+            os.close(os.open(spec.origin, os.O_RDONLY | os.O_CLOEXEC))
+        except PermissionError:
+            raise ModuleNotFoundError(f"No module named {name!r} (not in allow_imports)", name=name) from None
+        except OSError:
+            pass
+        return None
+
+
+def install_import_guard() -> None:
+    if DeniedImportFinder not in sys.meta_path:
+        sys.meta_path.insert(0, DeniedImportFinder)
+
+
+def discard_cache(keep: Ruleset | None = None) -> None:
+    """Close every cached ruleset fd except ``keep`` (a child needs only its own)."""
+    for key, ruleset in list(_CACHE.items()):
+        if ruleset is not keep:
+            try:
+                os.close(ruleset.fd)
+            except OSError:
+                pass
+            del _CACHE[key]
