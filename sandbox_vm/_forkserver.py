@@ -1,0 +1,412 @@
+"""The clean fork server: a fresh interpreter that forks one sandbox per request.
+
+The host starts it with :func:`server_command` (``python -I -S``, empty environment,
+cwd ``/``, only the control socket inherited) and talks to it over an ``AF_UNIX``
+``SOCK_SEQPACKET`` socket, one message per packet, descriptors by ``SCM_RIGHTS``.
+
+Wire format (integers big-endian; the first byte names the message)::
+
+    host -> server
+      S  req_id:u64  pickle(SandboxConfig)      fds: chan_r, chan_w, out_w, err_w
+    server -> host
+      H  server_pid:u32  flags:u32              once, when ready (FLAG_PIDNS)
+      R  req_id:u64  pid:i32                    fds: pidfd of the new sandbox
+      F  req_id:u64  utf-8 reason               the request could not be served
+      X  pid:i32  wait_status:i32               a sandbox ended and was reaped
+
+Only the host ever pickles (the config); everything the server sends is fixed-size
+integers or text. The server stays single-threaded and keeps no host data.
+
+Each child: a new session, ``/dev/null`` on 0, stdout/stderr pipes on 1/2, the
+channel on 3 (read) and 4 (write), every other descriptor closed except those
+:mod:`sandbox_vm._landlock` prepared; then :func:`sandbox_vm._child.child_main`.
+Where the kernel allows it, each child is pid 1 of its own PID namespace: the server
+``unshare(CLONE_NEWPID)`` before the fork and ``setns`` back to its own namespace
+after it, so the child stays the server's direct child (reaped and ``pidfd_open``-ed
+there) and no middle process is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+
+__all__ = [
+    "FLAG_PIDNS",
+    "MAX_PACKET",
+    "SPAWN_FDS",
+    "decode_exit",
+    "decode_failed",
+    "decode_hello",
+    "decode_ready",
+    "encode_spawn",
+    "server_command",
+]
+
+# -- wire format: shared by the host (sandbox_vm._spawn) and the server below --------
+
+SPAWN = b"S"
+HELLO = b"H"
+READY = b"R"
+FAILED = b"F"
+EXIT = b"X"
+
+FLAG_PIDNS = 1  # each sandbox gets its own PID namespace
+SPAWN_FDS = 4  # chan_r, chan_w, out_w, err_w
+MAX_PACKET = 1 << 20  # a pickled SandboxConfig is a few hundred bytes
+
+_U64 = struct.Struct(">Q")
+_HELLO = struct.Struct(">II")
+_READY = struct.Struct(">Qi")
+_EXIT = struct.Struct(">ii")
+
+
+def encode_spawn(req_id: int, config_pickle: bytes) -> bytes:
+    return SPAWN + _U64.pack(req_id) + config_pickle
+
+
+def decode_hello(msg: bytes) -> tuple[int, int]:
+    """``(server_pid, flags)``"""
+    return _HELLO.unpack(msg[1:])
+
+
+def decode_ready(msg: bytes) -> tuple[int, int]:
+    """``(req_id, pid)``"""
+    return _READY.unpack(msg[1:])
+
+
+def decode_failed(msg: bytes) -> tuple[int, str]:
+    """``(req_id, reason)``"""
+    return _U64.unpack_from(msg, 1)[0], msg[1 + _U64.size:].decode("utf-8", "replace")
+
+
+def decode_exit(msg: bytes) -> tuple[int, int]:
+    """``(pid, wait_status)``"""
+    return _EXIT.unpack(msg[1:])
+
+
+# -- how the host starts the server ---------------------------------------------------
+
+_BOOT = (
+    "import sys;sys.path[:0]=sys.argv[3:];"
+    "from sandbox_vm._forkserver import _server_main;"
+    "_server_main(int(sys.argv[1]),sys.argv[2])"
+)
+
+# The variables the sandbox needs, and nothing else. MALLOC_ARENA_MAX keeps glibc
+# from reserving a 64 MiB arena per thread under RLIMIT_AS.
+SERVER_ENV = {"MALLOC_ARENA_MAX": "2", "LC_ALL": "C.UTF-8"}
+
+
+def server_command(ctl_fd: int, paths: list[str], options: str) -> list[str]:
+    """The argv that starts a fork server on ``ctl_fd`` importing from ``paths``.
+
+    ``-I`` ignores ``PYTHON*`` variables and the user site, ``-S`` skips ``site``
+    (and every ``.pth`` file): the import path is exactly the stdlib plus ``paths``.
+    ``options`` is ``,``-separated: ``nopidns``, ``entry=module:function``.
+    """
+    return [sys.executable, "-I", "-S", "-X", "utf8", "-c", _BOOT, str(ctl_fd), options, *paths]
+
+
+# -- the server process ---------------------------------------------------------------
+
+# Imported before the first fork: what every sandbox runs.
+_ESSENTIAL = (
+    "sandbox_vm._config",
+    "sandbox_vm._lockdown",
+    "sandbox_vm._child",
+    "sandbox_vm._runtime",
+    "sandbox_vm._landlock",
+    "pickle",
+    "capbridge",
+    "cloudpickle",
+    "tblib",
+)
+# Imported while the server is idle, then frozen: commonly used by sandbox code.
+_WARM = (
+    "json", "re", "collections", "datetime", "decimal", "fractions", "uuid", "math",
+    "random", "functools", "itertools", "dataclasses", "typing", "traceback", "io",
+    "struct", "base64", "hashlib", "copy", "string", "textwrap", "enum", "operator",
+    "heapq", "bisect", "statistics", "contextlib", "abc", "numbers", "types",
+    "inspect", "weakref", "array", "binascii", "zlib", "pprint", "tblib.pickling_support",
+)
+
+_RESERVED_LOW_FDS = range(3, 10)  # held in the server so children get 3 and 4 free
+_CLONE_NEWPID = 0x20000000
+_PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
+
+
+def _import_optional(name: str) -> None:
+    try:
+        __import__(name)
+    except ImportError:
+        pass
+
+
+class _Server:
+    """The server's state and loop (single-threaded; lives in the server process)."""
+
+    def __init__(self, ctl_fd: int, options: str) -> None:
+        import _socket
+        import ctypes
+        import select
+
+        self._socket = _socket
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.ctypes = ctypes
+        opts = dict(o.partition("=")[::2] for o in options.split(",") if o)
+        self.entry = opts.get("entry", "sandbox_vm._child:child_main")
+        ctl_fd = self._move_high(ctl_fd)
+        self.devnull = self._move_high(os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC))
+        for fd in _RESERVED_LOW_FDS:  # so no descriptor of ours sits on 3..9
+            try:
+                os.fstat(fd)
+            except OSError:
+                os.dup2(self.devnull, fd, inheritable=False)
+        self.ctl = _socket.socket(fileno=ctl_fd)
+        self.poller = select.poll()
+        self.poller.register(ctl_fd, select.POLLIN)
+        self.POLLIN = select.POLLIN
+        self.children: dict[int, int] = {}  # pid -> pidfd (the server's own)
+        self.by_pidfd: dict[int, int] = {}
+        self.prepared: dict[tuple, tuple[int, ...]] = {}
+        self.pid = os.getpid()
+        self.own_pidns = -1
+        if "nopidns" not in opts:
+            self.own_pidns = self._probe_pidns()
+        # Nothing in a sandbox may trace or read the server: not dumpable.
+        self.libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+    @staticmethod
+    def _move_high(fd: int) -> int:
+        import fcntl
+
+        if fd >= 10:
+            return fd
+        new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+        os.close(fd)
+        return new
+
+    def _probe_pidns(self) -> int:
+        """Our own PID namespace fd if unshare+setns work here, else -1."""
+        try:
+            fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return -1
+        fd = self._move_high(fd)
+        if self.libc.unshare(_CLONE_NEWPID) != 0:
+            os.close(fd)
+            return -1
+        if self.libc.setns(fd, _CLONE_NEWPID) != 0:  # pragma: no cover - would be odd
+            os._exit(3)  # stuck with a half-made namespace: refuse to serve
+        return fd
+
+    # -- messages ------------------------------------------------------------------
+
+    def send(self, msg: bytes, fds: tuple[int, ...] = ()) -> None:
+        s = self._socket
+        anc = [(s.SOL_SOCKET, s.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))] if fds else []
+        self.ctl.sendmsg([msg], anc)
+
+    def hello(self) -> None:
+        flags = FLAG_PIDNS if self.own_pidns >= 0 else 0
+        self.send(HELLO + _HELLO.pack(self.pid, flags))
+
+    def handle_request(self) -> bool:
+        """Serve one packet; ``False`` when the host has gone."""
+        s = self._socket
+        try:
+            msg, anc, flags, _ = self.ctl.recvmsg(MAX_PACKET, s.CMSG_SPACE(4 * SPAWN_FDS))
+        except InterruptedError:  # pragma: no cover
+            return True
+        except OSError:
+            return False
+        fds: list[int] = []
+        for level, kind, data in anc:
+            if level == s.SOL_SOCKET and kind == s.SCM_RIGHTS:
+                fds.extend(struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4]))
+        if not msg:
+            for fd in fds:
+                os.close(fd)
+            return False
+        req_id = _U64.unpack_from(msg, 1)[0] if len(msg) >= 9 else 0
+        try:
+            if msg[:1] != SPAWN or len(fds) != SPAWN_FDS or flags & s.MSG_CTRUNC:
+                self.send(FAILED + _U64.pack(req_id) + b"malformed spawn request")
+                return True
+            self.spawn(req_id, msg[9:], fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return True
+
+    def spawn(self, req_id: int, config_pickle: bytes, fds: list[int]) -> None:
+        import pickle
+
+        try:
+            config = pickle.loads(config_pickle)
+            keep = self.prepare(config)
+            pid = self.fork(config, fds, keep)
+            pidfd = os.pidfd_open(pid)
+        except Exception as exc:
+            self.send(FAILED + _U64.pack(req_id) + f"{type(exc).__name__}: {exc}".encode())
+            return
+        self.children[pid] = pidfd
+        self.by_pidfd[pidfd] = pid
+        self.poller.register(pidfd, self.POLLIN)
+        self.send(READY + _READY.pack(req_id, pid), (pidfd,))
+
+    def prepare(self, config) -> tuple[int, ...]:
+        """Descriptors ``sandbox_vm._landlock.prepare(config)`` made for the child.
+
+        The hook runs once per ``(confinement, allow_imports)``; it returns the fds
+        the child must keep (e.g. a Landlock ruleset) and finds them again itself.
+        """
+        key = (config.confinement, tuple(config.allow_imports))
+        if key not in self.prepared:
+            fds: tuple[int, ...] = ()
+            landlock = sys.modules.get("sandbox_vm._landlock")
+            hook = getattr(landlock, "prepare", None)
+            if hook is not None and config.confinement != "none":
+                try:
+                    fds = tuple(int(fd) for fd in (hook(config) or ()))
+                except Exception:
+                    fds = ()  # the child's lockdown builds (or refuses) it itself
+            self.prepared[key] = fds
+        return self.prepared[key]
+
+    def fork(self, config, fds: list[int], keep: tuple[int, ...]) -> int:
+        if self.own_pidns >= 0 and self.libc.unshare(_CLONE_NEWPID) != 0:
+            err = self.ctypes.get_errno()
+            raise OSError(err, f"unshare(CLONE_NEWPID): {os.strerror(err)}")
+        try:
+            pid = os.fork()
+        finally:
+            if self.own_pidns >= 0 and os.getpid() == self.pid:
+                if self.libc.setns(self.own_pidns, _CLONE_NEWPID) != 0:  # pragma: no cover
+                    os._exit(3)
+        if pid == 0:
+            self.become_child(config, fds, keep)  # never returns
+        return pid
+
+    def become_child(self, config, fds: list[int], keep: tuple[int, ...]) -> None:
+        import signal
+
+        code = 70
+        try:
+            in_pidns = self.own_pidns >= 0
+            os.setsid()
+            self.libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if not in_pidns and os.getppid() != self.pid:
+                os._exit(code)  # the server died while we were being born
+            self.libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)  # lockdown decides
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            chan_r, chan_w, out_w, err_w = fds
+            os.dup2(self.devnull, 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            os.dup2(chan_r, 3)
+            os.dup2(chan_w, 4)
+            self.ctl.detach()  # the fd is closed below, never by a finalizer
+            self.children.clear()
+            self.by_pidfd.clear()
+            _close_all_but(5, keep)
+            module, _, func = self.entry.partition(":")
+            __import__(module)
+            entry = getattr(sys.modules[module], func)
+            entry(3, 4, config)
+            code = 0
+        except BaseException:
+            pass
+        os._exit(code)
+
+    def reap(self, pidfd: int) -> None:
+        pid = self.by_pidfd.pop(pidfd, None)
+        if pid is None:
+            return
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # pragma: no cover - cannot happen: only we reap
+            done, status = pid, 0
+        if done == 0:  # spurious wakeup: not ended yet
+            self.by_pidfd[pidfd] = pid
+            return
+        self.poller.unregister(pidfd)
+        os.close(pidfd)
+        del self.children[pid]
+        self.send(EXIT + _EXIT.pack(pid, status))
+
+    def kill_all(self) -> None:
+        import signal
+
+        for pid, pidfd in list(self.children.items()):
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+        for pid in list(self.children):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:  # pragma: no cover
+                pass
+
+    def run(self) -> None:
+        import gc
+
+        warm = list(_WARM)
+        while True:
+            try:
+                events = self.poller.poll(0 if warm else None)
+            except InterruptedError:  # pragma: no cover
+                continue
+            if not events and warm:
+                _import_optional(warm.pop(0))
+                if not warm:
+                    gc.collect()
+                    gc.freeze()
+                continue
+            for fd, _ in events:
+                if fd == self.ctl.fileno():
+                    try:
+                        alive = self.handle_request()
+                    except OSError:  # the host went away mid-reply
+                        alive = False
+                    if not alive:
+                        self.kill_all()
+                        return
+                else:
+                    try:
+                        self.reap(fd)
+                    except OSError:
+                        self.kill_all()
+                        return
+
+
+def _close_all_but(low: int, keep: tuple[int, ...]) -> None:
+    """Close every descriptor ``>= low`` except ``keep``."""
+    start = low
+    for fd in sorted(k for k in set(keep) if k >= low):
+        os.closerange(start, fd)
+        start = fd + 1
+    os.closerange(start, 1 << 20)
+
+
+def _server_main(ctl_fd: int, options: str) -> None:
+    """Entry point of the fork server process (see :func:`server_command`)."""
+    import gc
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    server = _Server(ctl_fd, options)
+    for name in _ESSENTIAL:
+        _import_optional(name)
+    entry_module = server.entry.partition(":")[0]
+    _import_optional(entry_module)
+    gc.freeze()  # a full collect waits for idle time (see _Server.run)
+    try:
+        server.hello()
+    except OSError:
+        return
+    server.run()
