@@ -120,10 +120,10 @@ SECCOMP_FILTER_FLAG_TSYNC = 1
 _SECCOMP_NR = {"x86_64": 317, "aarch64": 277}
 
 
-def install(policy: Policy) -> None:
+def install(policy: Policy) -> int:
     """Set no_new_privs and install the filter on every thread of the process.
 
-    Raises ``OSError`` with the kernel's errno on failure.
+    Returns the program length; raises ``OSError`` with the kernel's errno on failure.
     """
     prog = compile_policy(policy)
     if len(prog) > 4096:
@@ -142,3 +142,4 @@ def install(policy: Policy) -> None:
         raise OSError(err, "seccomp(SECCOMP_SET_MODE_FILTER) failed")
     if rc > 0:
         raise OSError(11, f"seccomp: thread {rc} could not be synchronised")
+    return len(prog)

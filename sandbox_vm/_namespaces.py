@@ -1,0 +1,76 @@
+"""Unsharing namespaces in the sandbox process itself (PID needs a fork: not here).
+
+Tried as one group first; if the kernel refuses, each kind on its own, so a machine
+without (say) unprivileged network namespaces still gets the others. The user
+namespace goes first: it is what makes the others possible without privileges.
+No uid map is written, so the process sees itself as the overflow uid (65534).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import time
+
+__all__ = ["KINDS", "NamespaceResult", "hint", "unshare", "unshare_all"]
+
+KINDS: dict[str, int] = {
+    "user": 0x10000000,  # CLONE_NEWUSER
+    "net": 0x40000000,  # CLONE_NEWNET
+    "ipc": 0x08000000,  # CLONE_NEWIPC
+    "mount": 0x00020000,  # CLONE_NEWNS
+    "uts": 0x04000000,  # CLONE_NEWUTS
+}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclasses.dataclass
+class NamespaceResult:
+    """Which kinds took, why the others did not (errno), and what each cost."""
+
+    taken: list[str] = dataclasses.field(default_factory=list)
+    failed: dict[str, int] = dataclasses.field(default_factory=dict)
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def unshare(flags: int) -> int:
+    """0 on success, else the errno."""
+    if _libc.unshare(ctypes.c_int(flags)) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
+def unshare_all(kinds: tuple[str, ...] = tuple(KINDS)) -> NamespaceResult:
+    """Unshare ``kinds`` where the kernel permits; never raises for a refusal."""
+    result = NamespaceResult()
+    flags = 0
+    for kind in kinds:
+        flags |= KINDS[kind]
+    start = time.perf_counter()
+    if unshare(flags) == 0:
+        result.taken = list(kinds)
+        result.seconds["all"] = time.perf_counter() - start
+        return result
+    for kind in kinds:
+        start = time.perf_counter()
+        err = unshare(KINDS[kind])
+        result.seconds[kind] = time.perf_counter() - start
+        if err:
+            result.failed[kind] = err
+        else:
+            result.taken.append(kind)
+    return result
+
+
+def hint(kind: str, err: int) -> str:
+    """What would let ``kind`` be unshared after it failed with ``err``."""
+    if kind == "user":
+        return ("user namespaces unavailable (%s): check CONFIG_USER_NS, "
+                "/proc/sys/user/max_user_namespaces, kernel.unprivileged_userns_clone and "
+                "AppArmor's kernel.apparmor_restrict_unprivileged_userns; a multi-threaded "
+                "process cannot unshare one" % os.strerror(err))
+    option = {"net": "CONFIG_NET_NS", "ipc": "CONFIG_IPC_NS", "uts": "CONFIG_UTS_NS"}.get(kind, "CONFIG_NAMESPACES")
+    return (f"{kind} namespace unavailable ({os.strerror(err)}): needs {option} "
+            "and either a user namespace or CAP_SYS_ADMIN")
