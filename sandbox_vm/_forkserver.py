@@ -19,7 +19,8 @@ integers or text. The server stays single-threaded and keeps no host data.
 
 Each child: a new session, ``/dev/null`` on 0, stdout/stderr pipes on 1/2, the
 channel on 3 (read) and 4 (write), every other descriptor closed except those
-:mod:`sandbox_vm._landlock` prepared; then :func:`sandbox_vm._child.child_main`.
+:mod:`sandbox_vm._landlock` prepared (see ``_Server.prepare``); then
+:func:`sandbox_vm._child.child_main`.
 Where the kernel allows it, each child is pid 1 of its own PID namespace: the server
 ``unshare(CLONE_NEWPID)`` before the fork and ``setns`` back to its own namespace
 after it, so the child stays the server's direct child (reaped and ``pidfd_open``-ed
@@ -259,10 +260,12 @@ class _Server:
         self.send(READY + _READY.pack(req_id, pid), (pidfd,))
 
     def prepare(self, config) -> tuple[int, ...]:
-        """Descriptors ``sandbox_vm._landlock.prepare(config)`` made for the child.
+        """Descriptors prepared once here for children with this ``allow_imports``.
 
-        The hook runs once per ``(confinement, allow_imports)``; it returns the fds
-        the child must keep (e.g. a Landlock ruleset) and finds them again itself.
+        ``sandbox_vm._landlock.prepare(allow_imports)`` builds a ruleset (and caches
+        it in that module, which each child inherits); its fd stays open in the
+        child for ``lock_down`` to enforce. Runs once per ``(confinement,
+        allow_imports)``; a failure leaves the child's lockdown to build or refuse it.
         """
         key = (config.confinement, tuple(config.allow_imports))
         if key not in self.prepared:
@@ -271,9 +274,9 @@ class _Server:
             hook = getattr(landlock, "prepare", None)
             if hook is not None and config.confinement != "none":
                 try:
-                    fds = tuple(int(fd) for fd in (hook(config) or ()))
+                    fds = (int(hook(tuple(config.allow_imports)).fd),)
                 except Exception:
-                    fds = ()  # the child's lockdown builds (or refuses) it itself
+                    fds = ()
             self.prepared[key] = fds
         return self.prepared[key]
 
