@@ -280,6 +280,12 @@ class _Server:
             self.prepared[key] = fds
         return self.prepared[key]
 
+    def prepare_default(self) -> None:
+        """Prepare for the default config while idle (first strict spawn is warm)."""
+        from ._config import SandboxConfig
+
+        self.prepare(SandboxConfig())
+
     def fork(self, config, fds: list[int], keep: tuple[int, ...]) -> int:
         if self.own_pidns >= 0 and self.libc.unshare(_CLONE_NEWPID) != 0:
             err = self.ctypes.get_errno()
@@ -358,14 +364,15 @@ class _Server:
     def run(self) -> None:
         import gc
 
-        warm = list(_WARM)
+        warm: list = [self.prepare_default]
+        warm += [lambda name=name: _import_optional(name) for name in _WARM]
         while True:
             try:
                 events = self.poller.poll(0 if warm else None)
             except InterruptedError:  # pragma: no cover
                 continue
             if not events and warm:
-                _import_optional(warm.pop(0))
+                warm.pop(0)()  # one small step, then look at the socket again
                 if not warm:
                     gc.collect()
                     gc.freeze()
