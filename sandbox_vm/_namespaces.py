@@ -71,6 +71,6 @@ def hint(kind: str, err: int) -> str:
                 "/proc/sys/user/max_user_namespaces, kernel.unprivileged_userns_clone and "
                 "AppArmor's kernel.apparmor_restrict_unprivileged_userns; a multi-threaded "
                 "process cannot unshare one" % os.strerror(err))
-    option = {"net": "CONFIG_NET_NS", "ipc": "CONFIG_IPC_NS", "uts": "CONFIG_UTS_NS"}.get(kind, "CONFIG_NAMESPACES")
+    option = {"net": "CONFIG_NET_NS", "ipc": "CONFIG_IPC_NS", "uts": "CONFIG_UTS_NS", "pid": "CONFIG_PID_NS"}.get(kind, "CONFIG_NAMESPACES")
     return (f"{kind} namespace unavailable ({os.strerror(err)}): needs {option} "
             "and either a user namespace or CAP_SYS_ADMIN")

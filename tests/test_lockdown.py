@@ -346,3 +346,43 @@ def test_best_effort_records_what_is_missing() -> None:
     result = run_attack(code, config={"confinement": "best-effort"}, pre=BLOCK_LANDLOCK)
     assert result["_report"]["missing"] == ["landlock", "seccomp"], result["_report"]["text"]
     result.allowed("read_passwd")  # nothing pretends: without Landlock, files are readable
+
+
+# --- probe (capbridge check) ----------------------------------------------------------------
+
+PROBE = '''
+from sandbox_vm._probe import probe, format_table
+statuses = probe()
+VERDICT["layers"] = {s.layer: [s.available, s.used_by_strict, s.detail, s.why_not] for s in statuses}
+VERDICT["table"] = format_table(statuses)
+attempt("read_passwd_after_probe", lambda: len(open("/etc/passwd").read()))
+attempt("socket_after_probe", lambda: __import__("socket").socket().close())
+'''
+
+
+def test_probe_reports_every_layer_and_confines_nothing() -> None:
+    result = run_attack(PROBE, config={}, lock=False)
+    layers = result["layers"]
+    assert {"fresh interpreter", "namespace: user", "namespace: net", "namespace: pid", "rlimits", "landlock",
+            "seccomp"} <= set(layers)
+    assert layers["landlock"][1] == "required" and layers["namespace: net"][1] == "if available"
+    for name, (available, _, detail, why_not) in layers.items():
+        assert available or why_not, f"{name} unavailable without a reason"
+    if layers["landlock"][0]:
+        assert layers["landlock"][2].startswith("ABI ")
+    result.allowed("read_passwd_after_probe")
+    result.allowed("socket_after_probe")
+    assert "strict confinement:" in result["table"]
+
+
+def test_format_table_says_why_not() -> None:
+    from sandbox_vm._probe import LayerStatus, format_table
+
+    table = format_table([
+        LayerStatus("rlimits", True, "required", "AS, CPU"),
+        LayerStatus("landlock", False, "required", "EOPNOTSUPP", "add 'landlock' to the lsm= boot parameter"),
+    ])
+    lines = table.splitlines()
+    assert lines[0].split()[:3] == ["layer", "available", "strict"]
+    assert "landlock" in table and "NO" in table and "lsm=" in table
+    assert lines[-1] == "strict confinement: UNAVAILABLE (missing landlock)"
