@@ -39,6 +39,11 @@ class _Waiter:
         self.qid = qid
 
 
+class _Local(threading.local):
+    depth = 0
+    serving: list | None = None
+
+
 class Channel:
     """Blocking transport for one session over ``rfd`` (peer -> us) and ``wfd``."""
 
@@ -63,8 +68,10 @@ class Channel:
         self._read_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         self._nwaiting = 0
-        self._local = threading.local()
+        self._local = _Local()
         self._dead: BaseException | None = None
+        #: Calls not nested in one of our questions: any waiting thread serves them.
+        self._top: collections.deque = collections.deque()
         self._on_fatal = on_fatal
         self._raise_error = raise_error or _default_error
         self.calls_out = 0
@@ -108,23 +115,42 @@ class Channel:
                 continue
             view = view[n:]
 
-    def _send_body(self, build: Callable[[], bytes]) -> None:
+    def _write_frame(self, body: bytes) -> None:
+        """Write one frame, after any queued releases. Caller holds the send lock."""
+        session = self.session
+        if session.tables.imports.pending_releases:
+            rel = session.release_body(session.take_releases())
+            prefix = _pack(len(rel)) + rel
+        else:
+            prefix = b""
+        try:
+            if len(body) < 65536:
+                data = prefix + _pack(len(body)) + body
+                n = os.write(self.wfd, data)
+                if n != len(data):
+                    self._write(memoryview(data)[n:])
+            else:
+                self._write(prefix + _pack(len(body)))
+                self._write(body)
+        except OSError as exc:
+            raise self.fail(exc) from None
+
+    def _send_msg(self, msg: tuple, scalar: bool) -> None:
+        """Encode and send ``msg``.
+
+        Messages that may carry references are encoded under the send lock, so
+        interface descriptors reach the peer in the order their ids were given.
+        """
         if self._dead is not None:
             raise self._dead
-        with self._send_lock:
-            body = build()
-            releases = self.session.take_releases()
-            try:
-                if releases:
-                    rel = self.session.release_body(releases)
-                    self._write(_pack(len(rel)) + rel)
-                if len(body) < 65536:
-                    self._write(_pack(len(body)) + body)
-                else:
-                    self._write(_pack(len(body)))
-                    self._write(body)
-            except OSError as exc:
-                raise self.fail(exc) from None
+        session = self.session
+        if scalar:
+            body = session.scalar_return_body(msg) if msg[0] == _RETURN_T else session.encode(msg, fast=True)
+            with self._send_lock:
+                self._write_frame(body)
+        else:
+            with self._send_lock:
+                self._write_frame(session.encode(msg))
 
     def flush_releases(self) -> None:
         """Send queued releases now (they normally ride along with the next message)."""
@@ -147,26 +173,26 @@ class Channel:
 
     def call(self, target: int, op: int, name: str | None, args: tuple, kwargs: dict) -> Any:
         """Send a call and wait for its answer, serving nested calls meanwhile."""
-        dead = self._dead
-        if dead is not None:
-            raise dead
+        if self._dead is not None:
+            raise self._dead
         session = self.session
-        tables = session.tables
+        questions = session.tables.questions
         local = self._local
-        depth = getattr(local, "depth", 0)
+        depth = local.depth
         hooks = self.outer_hooks
-        token = hooks[0]() if hooks is not None and depth == 0 else None
+        token = hooks[0]() if hooks is not None and not depth else None
         local.depth = depth + 1
-        waiter = _Waiter(0)
-        qid = tables.new_question(waiter)
-        waiter.qid = qid
+        qid = session.tables.next_qid()
+        waiter = _Waiter(qid)
+        questions[qid] = waiter
         try:
-            parent = self.current_parent()
-            self._send_body(lambda: session.call_body(qid, parent, target, op, name, args, kwargs))
+            stack = local.serving
+            parent = stack[-1] if stack else 0
+            self._send_msg(*session.call_msg(qid, parent, target, op, name, args, kwargs))
             self.calls_out += 1
             msg = self._wait(waiter)
         finally:
-            tables.questions.pop(qid, None)
+            del questions[qid]
             local.depth = depth
             if token is not None:
                 hooks[1](token)  # type: ignore[index]
@@ -180,6 +206,8 @@ class Channel:
 
     def _wait(self, waiter: _Waiter) -> tuple:
         inbox = waiter.inbox
+        top = self._top
+        read_lock = self._read_lock
         while True:
             while inbox:
                 msg = inbox.popleft()
@@ -187,25 +215,41 @@ class Channel:
                     self._serve(msg)
                 else:
                     return msg
+            if top:
+                try:
+                    msg = top.popleft()
+                except IndexError:
+                    pass
+                else:
+                    self._serve(msg)
+                    continue
             if self._dead is not None:
                 raise self._dead
-            if self._read_lock.acquire(False):
+            if read_lock.acquire(False):
                 try:
                     msgs = self._read_messages()
                 except BaseException as exc:
-                    self._read_lock.release()
+                    read_lock.release()
                     raise self.fail(_as_error(exc)) from None
-                self._read_lock.release()
-                for msg in msgs:
-                    self._route(msg, waiter)
+                read_lock.release()
                 if self._nwaiting:
+                    for msg in msgs:
+                        self._route(msg, waiter)
                     with self._cond:
                         self._cond.notify_all()
+                    continue
+                if len(msgs) == 1:
+                    msg = msgs[0]
+                    tag = msg[0]
+                    if (tag == _RETURN_T or tag == _RAISE_T) and msg[1] == waiter.qid:
+                        return msg
+                for msg in msgs:
+                    self._route(msg, waiter)
             else:
                 with self._cond:
                     self._nwaiting += 1
                     try:
-                        while not inbox and self._read_lock.locked() and self._dead is None:
+                        while not inbox and not top and read_lock.locked() and self._dead is None:
                             self._cond.wait(0.5)
                     finally:
                         self._nwaiting -= 1
@@ -214,8 +258,11 @@ class Channel:
         tag = msg[0]
         if tag == _CALL_T:
             target = self.session.tables.questions.get(msg[2]) if msg[2] else None
-            (target or me).inbox.append(msg)
-            if target is not None and target is not me:
+            if target is None:
+                self._top.append(msg)
+            else:
+                target.inbox.append(msg)
+            if target is not me and self._nwaiting:
                 with self._cond:
                     self._cond.notify_all()
             return
@@ -226,7 +273,7 @@ class Channel:
                     return
                 raise self.fail(ProtocolError(f"answer to unknown question {msg[1]}"))
             w.inbox.append(msg)
-            if w is not me:
+            if w is not me and self._nwaiting:
                 with self._cond:
                     self._cond.notify_all()
             return
@@ -241,11 +288,14 @@ class Channel:
     def _serve(self, msg: tuple) -> None:
         session = self.session
         qid = msg[1]
-        stack = getattr(self._local, "serving", None)
+        local = self._local
+        stack = local.serving
         if stack is None:
-            stack = self._local.serving = []
+            stack = local.serving = []
         stack.append(qid)
-        session.tables.answers[qid] = True
+        answers = session.tables.answers
+        answers[qid] = True
+        saved = session.begin_answer()
         try:
             if self.before_serve is not None:
                 self.before_serve(msg)
@@ -253,34 +303,49 @@ class Channel:
                 result = session.dispatch(msg)
             except ProtocolError as exc:
                 raise self.fail(exc) from None
-            except CapbridgeError as exc:
+            except BaseException as exc:
                 if self._dead is not None and exc is self._dead:
                     raise
                 self._reply_error(qid, exc)
                 return
-            except BaseException as exc:
-                self._reply_error(qid, exc)
-                return
             try:
-                self._send_body(lambda: session.return_body(qid, result))
+                self._send_msg(*session.return_msg(qid, result))
             except CapbridgeError as exc:
                 if self._dead is not None:
                     raise
                 self._reply_error(qid, exc)
         finally:
+            session.end_answer(saved)
             stack.pop()
-            session.tables.answers.pop(qid, None)
+            del answers[qid]
 
     def _reply_error(self, qid: int, exc: BaseException) -> None:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not self.session.trusted_peer:
             raise exc
-        self._send_body(lambda: self.session.raise_body(qid, exc))
+        body = self.session.raise_body(qid, exc)
+        with self._send_lock:
+            self._write_frame(body)
 
     # ------------------------------------------------------------------ reading
 
     def _read_messages(self) -> list[tuple]:
         reader = self._reader
         decode = self.session.decode
+        if not reader.buffered():
+            # Fast path: one read brings exactly one whole frame.
+            try:
+                n = os.readv(self.rfd, self._rbufs)
+            except InterruptedError:
+                n = -1
+            if n == 0:
+                raise EOFError("the peer closed the channel")
+            if n > 0:
+                view = self._rview
+                if n >= 4:
+                    size = int.from_bytes(view[:4], "big")
+                    if size + 4 == n and size <= reader.max_frame:
+                        return [decode(bytes(view[4:n]))]
+                reader.feed(view[:n])
         msgs: list[tuple] = []
         while True:
             body = reader.next_frame()

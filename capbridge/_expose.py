@@ -216,6 +216,8 @@ _FUNCTION_TYPES = (
     types.MethodType,
     types.BuiltinFunctionType,
     types.BuiltinMethodType,
+    types.MethodDescriptorType,
+    types.ClassMethodDescriptorType,
     functools.partial,
 )
 
@@ -400,6 +402,7 @@ class ValueType(NamedTuple):
     name: str
     cls: type
     fields: tuple[str, ...]
+    is_tuple: bool = False
 
 
 _VALUE_TYPES: dict[str, ValueType] = {}
@@ -427,7 +430,7 @@ def value_type(cls: type[T] | None = None, *, name: str | None = None) -> Any:
         if not isinstance(klass, type):
             raise TypeError("value_type() takes a class")
         vname = name or klass.__qualname__
-        vt = ValueType(vname, klass, _fields_of(klass))
+        vt = ValueType(vname, klass, _fields_of(klass), issubclass(klass, tuple))
         with _VALUE_LOCK:
             old = _VALUE_TYPES.get(vname)
             if old is not None and old.cls is not klass and (

@@ -129,6 +129,9 @@ class Proxy:
             self._cb_chan.call(self._cb_id, _SET, name, (value,), {})
             return
         if name in desc.properties:
+            if desc.properties[name][1]:
+                object.__setattr__(self, name, value)
+                return
             raise AttributeError(f"property {name!r} of {desc.name} has no setter")
         raise AttributeError(f"cannot set {name!r} on a proxy of {desc.name}")
 
@@ -169,7 +172,7 @@ def _method(name: str, doc: str, sig_text: str, trusted: bool) -> Any:
     method.__doc__ = doc if trusted else f"{name}{sig_text}\n\n{doc}".strip()
     sig = _signature_from(sig_text, trusted)
     if sig is not None:
-        params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY), *sig.parameters.values()]
+        params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *sig.parameters.values()]
         try:
             method.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
         except ValueError:

@@ -146,7 +146,7 @@ class Sandbox:
         pump().register(self._sink)
         try:
             self._handshake()
-            vts = tuple((vt.name, vt.fields) for vt in registered_value_types())
+            vts = tuple((vt.name, vt.fields, vt.is_tuple) for vt in registered_value_types())
             if vts:
                 self._boot("value_types", vts)
             if grants:

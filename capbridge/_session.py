@@ -226,6 +226,10 @@ class Session:
             return None
         if t in _STDLIB_VALUES:
             return _codec.encode_value_record(obj) if self.trusted_peer else None
+        if t is _Iterator:
+            return self._export(obj, iterator=True)
+        if isinstance(obj, type) and obj in _STDLIB_VALUES and not self.trusted_peer:
+            return None  # a class pickle names while reducing a by-value object
         if isinstance(obj, Proxy):
             if obj._cb_chan is not self.channel:
                 raise CapabilityError("a proxy from another sandbox cannot be passed to this one")
@@ -234,7 +238,7 @@ class Session:
             return ("f", self._ship(obj))
         vt = value_type_of(t)
         if vt is not None:
-            return ("v", "vt", (vt.name, vt.fields, tuple(getattr(obj, f) for f in vt.fields)))
+            return ("v", "vt", _vt_record(vt, obj))
         return self._export(obj)
 
     def _export(self, obj: Any, *, iterator: bool = False) -> tuple:
@@ -284,7 +288,7 @@ class Session:
             return self._pid_out(obj)
         vt = value_type_of(t)
         if vt is not None:
-            return ("v", "vt", (vt.name, vt.fields, tuple(getattr(obj, f) for f in vt.fields)))
+            return ("v", "vt", _vt_record(vt, obj))
         if isinstance(obj, (types.FunctionType, type, types.ModuleType, types.CodeType, types.CellType,
                             property, classmethod, staticmethod, types.BuiltinFunctionType,
                             types.MethodDescriptorType, types.WrapperDescriptorType,
@@ -306,14 +310,26 @@ class Session:
             "(expose it, wrap it with facet(), or pass the data it holds as values)"
         )
 
-    def call_body(self, qid: int, parent: int, target: int, op: int, name: str | None,
-                  args: tuple, kwargs: dict) -> bytes:
+    def call_msg(self, qid: int, parent: int, target: int, op: int, name: str | None,
+                 args: tuple, kwargs: dict) -> tuple[tuple, bool]:
+        """The CALL message and whether it holds only scalars (encodable without tables)."""
         msg = (_CALL_T, qid, parent, target, op, name, args, kwargs)
-        fast = not kwargs and all(type(a) in _SCALARS for a in args)
-        return self.encode(msg, fast=fast)
+        if not kwargs:
+            for a in args:
+                if type(a) not in _SCALARS:
+                    return msg, False
+            return msg, True
+        return msg, False
 
-    def return_body(self, qid: int, value: Any) -> bytes:
-        return self.encode((_RETURN_T, qid, value), fast=type(value) in _SCALARS)
+    def return_msg(self, qid: int, value: Any) -> tuple[tuple, bool]:
+        return (_RETURN_T, qid, value), type(value) in _SCALARS
+
+    def scalar_return_body(self, msg: tuple) -> bytes:
+        # A flat tuple of scalars has no shared objects, so even the sandbox can use
+        # plain pickle.dumps (no memo GETs, which the host refuses).
+        body = pickle.dumps(msg, 5)
+        self.bytes_out += len(body) + 4
+        return body
 
     def raise_body(self, qid: int, exc: BaseException) -> bytes:
         return self.encode((_RAISE_T, qid, self.error_data(exc)), fast=True)
@@ -387,10 +403,10 @@ class Session:
         raise ProtocolError(f"unknown reference kind {kind!r:.20}")
 
     def _value_from_sandbox(self, payload: Any) -> Any:
-        if type(payload) is not tuple or len(payload) != 3 or type(payload[0]) is not str \
+        if type(payload) is not tuple or len(payload) != 4 or type(payload[0]) is not str \
                 or type(payload[1]) is not tuple or type(payload[2]) is not tuple:
             raise ProtocolError("malformed value type record")
-        name, fields, values = payload
+        name, fields, values, _is_tuple = payload
         vt = value_type_named(name)
         if vt is None:
             raise ProtocolError(f"value type {name!r:.60} is not registered on the host")
@@ -444,14 +460,18 @@ class Session:
             return self._invoke_trusted(entry.target, op, name, args, kwargs)
         if entry.revoked:
             raise RevokedError(f"{entry.iface.name if entry.iface else 'capability'} was revoked")
-        prev = getattr(self._local, "revokers", frozenset())
+        # Capabilities returned by this call are reached through this entry: they
+        # inherit its revokers (the channel restores the previous set afterwards).
         self._local.revokers = entry.revokers
-        try:
-            if self.audit is None:
-                return self._invoke_checked(entry, op, name, args, kwargs)
-            return self._audited(entry, op, name, args, kwargs)
-        finally:
-            self._local.revokers = prev
+        if self.audit is None:
+            return self._invoke_checked(entry, op, name, args, kwargs)
+        return self._audited(entry, op, name, args, kwargs)
+
+    def begin_answer(self) -> frozenset:
+        return getattr(self._local, "revokers", frozenset())
+
+    def end_answer(self, saved: frozenset) -> None:
+        self._local.revokers = saved
 
     def _audited(self, entry: Export, op: int, name: Any, args: tuple, kwargs: dict) -> Any:
         start = time.perf_counter()
@@ -610,11 +630,29 @@ class _TrustedUnpickler(pickle.Unpickler):
         raise ProtocolError(f"unknown reference kind {kind!r}")
 
 
-def _value_in_sandbox(name: str, fields: tuple, values: tuple) -> Any:
+def _vt_record(vt: Any, obj: Any) -> tuple:
+    return (vt.name, vt.fields, tuple(getattr(obj, f) for f in vt.fields), vt.is_tuple)
+
+
+def make_lookalike(name: str, fields: tuple, is_tuple: bool) -> type:
+    """A class with the same name and fields as a value type the other side has."""
+    short = name.rpartition(".")[2]
+    if not short.isidentifier():
+        short = "Value"
+    if is_tuple:
+        import collections
+
+        cls = collections.namedtuple(short, fields)  # type: ignore[misc]
+    else:
+        cls = dataclasses.make_dataclass(short, list(fields))
+    value_type(cls, name=name)
+    return cls
+
+
+def _value_in_sandbox(name: str, fields: tuple, values: tuple, is_tuple: bool = False) -> Any:
     vt = value_type_named(name)
     if vt is None or vt.fields != fields:
-        cls = dataclasses.make_dataclass(name.rpartition(".")[2] or "Value", list(fields), frozen=False)
-        value_type(cls, name=name)
+        make_lookalike(name, fields, is_tuple)
         vt = value_type_named(name)
     return vt.cls(*values)  # type: ignore[union-attr]
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Any, Callable
 
@@ -161,22 +162,15 @@ class ImportTable:
 class Tables:
     """Exports, imports, questions and answers of one connection end."""
 
-    __slots__ = ("exports", "imports", "questions", "answers", "_next_qid", "_qlock")
+    __slots__ = ("exports", "imports", "questions", "answers", "next_qid")
 
     def __init__(self) -> None:
         self.exports = ExportTable()
         self.imports = ImportTable()
         self.questions: dict[int, Any] = {}
         self.answers: dict[int, Any] = {}
-        self._next_qid = 1
-        self._qlock = threading.Lock()
-
-    def new_question(self, waiter: Any) -> int:
-        with self._qlock:
-            qid = self._next_qid
-            self._next_qid += 1
-        self.questions[qid] = waiter
-        return qid
+        #: Question ids: ``next()`` on a count is atomic under the GIL.
+        self.next_qid = itertools.count(1).__next__
 
     def stats(self) -> dict[str, int]:
         return {

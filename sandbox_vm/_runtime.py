@@ -100,15 +100,13 @@ class Runtime:
         _fsshim.install(self.grants[name])
 
     def value_types(self, specs: tuple) -> None:
-        import dataclasses
+        from capbridge._expose import value_type_named
+        from capbridge._session import make_lookalike
 
-        from capbridge._expose import value_type, value_type_named
-
-        for name, fields in specs:
+        for name, fields, is_tuple in specs:
             vt = value_type_named(name)
             if vt is None or vt.fields != tuple(fields):
-                cls = dataclasses.make_dataclass(name.rpartition(".")[2] or "Value", list(fields))
-                value_type(cls, name=name)
+                make_lookalike(name, tuple(fields), is_tuple)
 
     def ping(self) -> int:
         return os.getpid()
@@ -140,6 +138,9 @@ def serve(rfd: int, wfd: int, config: SandboxConfig, report: Any) -> int:
     session = Session(trusted_peer=True, max_frame=config.max_message_bytes, debug=config.debug,
                       bootstrap=runtime)
     chan = Channel(session, rfd, wfd, raise_error=lambda data: error_from_data(data, trusted=True))
+    import gc
+
+    gc.freeze()  # start-up objects never need collecting; keeps collections short
     try:
         chan.serve_forever()
     except (EOFError, OSError):
