@@ -377,6 +377,14 @@ class VirtualFS:
     def open(self, path: str, mode: str = "rb") -> HostFile:
         """Open a regular file in a binary mode (``rb``, ``wb``, ``ab``, ``xb``, ``r+b``...)."""
         om = parse_mode(mode)
+        try:
+            return self._open(path, om)
+        except FileExistsError:
+            if om.exclusive:
+                raise
+            return self._open(path, om)  # created by someone else since we looked
+
+    def _open(self, path: str, om: OpenMode) -> HostFile:
         norm, m, rest = self._find(path)
         if om.writing:
             m = self._writable(norm, m, rest)

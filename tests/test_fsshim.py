@@ -291,3 +291,45 @@ def test_in_a_fresh_interpreter(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "5 ['0.txt', '1.txt', '2.txt']"
+
+
+def test_through_a_real_sandbox(tmp_path):
+    """Granted as ``fs``, a VirtualFS backs ordinary file code inside a sandbox."""
+    from capbridge import ConfinementUnavailable, Sandbox
+
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "rw").mkdir()
+    (tmp_path / "ro" / "t.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "secret").write_text("SECRET")
+    os.symlink(str(tmp_path / "secret"), tmp_path / "ro" / "link")
+    vfs = VirtualFS({"/data": str(tmp_path / "ro"), "/out": Mount(str(tmp_path / "rw"), writable=True)})
+    code = textwrap.dedent(
+        """
+        import csv, os, pathlib
+        from sandbox_vm import _fsshim
+        if not _fsshim.installed():
+            _fsshim.install(fs)
+        rows = list(csv.reader(open("/data/t.csv", newline="")))
+        pathlib.Path("/out/r.txt").write_text(repr(rows))
+        size = os.stat("/out/r.txt").st_size
+        errors = []
+        for attempt in ("/data/link", "/data/../secret", "/data/new"):
+            try:
+                open(attempt, "w" if attempt.endswith("new") else "r").read()
+            except OSError as e:
+                errors.append((type(e).__name__, e.errno))
+        """
+    )
+    try:
+        with Sandbox(grants={"fs": vfs}, confinement="best-effort") as sb:
+            sb.exec(code)
+            assert sb.eval("rows") == [["a", "b"], ["1", "2"]]
+            assert sb.eval("size") == len(repr([["a", "b"], ["1", "2"]]))
+            errors = sb.eval("errors")
+    except ConfinementUnavailable as e:  # pragma: no cover - machine without confinement
+        pytest.skip(str(e))
+    finally:
+        vfs.close()
+    assert (tmp_path / "rw" / "r.txt").read_text() == "[['a', 'b'], ['1', '2']]"
+    assert [name for name, _ in errors] == ["OSError", "FileNotFoundError", "PermissionError"]
+    assert errors[0][1] == errno.ELOOP and errors[2][1] == errno.EROFS
