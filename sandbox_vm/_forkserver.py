@@ -55,7 +55,7 @@ EXIT = b"X"
 
 FLAG_PIDNS = 1  # each sandbox gets its own PID namespace
 SPAWN_FDS = 4  # chan_r, chan_w, out_w, err_w
-MAX_PACKET = 1 << 20  # a pickled SandboxConfig is a few hundred bytes
+MAX_PACKET = 1 << 16  # a pickled SandboxConfig is a few hundred bytes
 
 _U64 = struct.Struct(">Q")
 _HELLO = struct.Struct(">II")
@@ -234,7 +234,7 @@ class _Server:
             return False
         req_id = _U64.unpack_from(msg, 1)[0] if len(msg) >= 9 else 0
         try:
-            if msg[:1] != SPAWN or len(fds) != SPAWN_FDS or flags & s.MSG_CTRUNC:
+            if msg[:1] != SPAWN or len(fds) != SPAWN_FDS or flags & (s.MSG_CTRUNC | s.MSG_TRUNC):
                 self.send(FAILED + _U64.pack(req_id) + b"malformed spawn request")
                 return True
             self.spawn(req_id, msg[9:], fds)

@@ -195,6 +195,11 @@ class ForkServer:
     def spawn(self, config: SandboxConfig) -> SandboxProcess:
         """Start one sandbox for ``config`` (raises ``SandboxError`` if it cannot)."""
         blob = pickle.dumps(config, protocol=5)
+        if len(blob) + 9 > wire.MAX_PACKET:
+            from capbridge._errors import SandboxError
+
+            raise SandboxError(f"the sandbox config pickles to {len(blob)} bytes; at most "
+                               f"{wire.MAX_PACKET - 9} fit in a spawn request")
         to_child, to_host = os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)
         out, err = os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)
         for pipe in (to_child, to_host):

@@ -13,6 +13,7 @@ import sys
 
 def obey(rfd: int, wfd: int, config: object) -> None:
     """Say ``up``, then run one command from the host: ``exit N``, ``print TEXT``,
+    ``signal PID``,
     ``segv``, ``hang``; end of channel exits 0."""
     os.write(wfd, b"up")
     cmd = os.read(rfd, 1000)
@@ -24,6 +25,17 @@ def obey(rfd: int, wfd: int, config: object) -> None:
         sys.stderr.write("err:" + cmd[6:].decode() + "\n")
         sys.stderr.flush()
         os.write(wfd, b"done")
+        os.read(rfd, 1)
+        os._exit(0)
+    if cmd.startswith(b"signal "):  # may this process signal that pid?
+        import errno
+
+        try:
+            os.kill(int(cmd[7:]), 0)
+            answer = b"allowed"
+        except OSError as exc:
+            answer = errno.errorcode[exc.errno].encode()
+        os.write(wfd, answer)
         os.read(rfd, 1)
         os._exit(0)
     if cmd == b"segv":

@@ -151,6 +151,17 @@ def test_each_child_has_its_own_pid_namespace(server):
         p.wait(10)
 
 
+def test_sandbox_cannot_name_the_server_or_host(server):
+    if not server.pid_namespace:
+        pytest.skip("this kernel refuses unshare(CLONE_NEWPID) to the fork server")
+    for target in (server.server_pid, os.getpid()):
+        proc = started(server)
+        os.write(proc.wfd, f"signal {target}".encode())
+        assert os.read(proc.rfd, 100) == b"ESRCH"  # no such process in its namespace
+        proc.close_fds()
+        proc.wait(10)
+
+
 def test_server_is_not_dumpable(server):
     with open(f"/proc/{server.server_pid}/status") as f:
         assert "Uid:" in f.read()
@@ -351,3 +362,20 @@ def test_spawn_request_is_one_packet():
     assert msg[:1] == wire.SPAWN and int.from_bytes(msg[1:9], "big") == 42 and msg[9:] == blob
     assert wire.decode_exit(wire.EXIT + (7).to_bytes(4, "big") + (9).to_bytes(4, "big")) == (7, 9)
     assert wire.decode_failed(wire.FAILED + (3).to_bytes(8, "big") + b"no") == (3, "no")
+
+
+def test_oversized_config_is_refused_before_sending(server):
+    huge = SandboxConfig(confinement="none", allow_imports=tuple(f"module_{i}" for i in range(10000)))
+    before = host_fds()
+    with pytest.raises(SandboxError, match="fit in a spawn request"):
+        server.spawn(huge)
+    assert host_fds() == before
+
+
+def test_malformed_requests_do_not_break_the_server(server):
+    server._sock.send(b"Z")  # unknown kind, no descriptors
+    server._sock.send(wire.encode_spawn(999, pickle.dumps(NONE)))  # spawn without fds
+    proc = started(server)
+    assert server.alive
+    proc.close_fds()
+    assert proc.wait(10) == ExitStatus(exitcode=0)
