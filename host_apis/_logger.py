@@ -32,7 +32,8 @@ class Logger:
     second pass (a token bucket holding ``burst``, default ``rate``); the rest are
     dropped and counted, and the next message that passes is preceded by one WARNING
     line saying how many were dropped. ``rate=None`` lifts the limit. ``min_level``
-    drops records below it before they cost anything.
+    drops records below it before they cost anything. Each call returns True if the
+    message was recorded, False if it was dropped or its level is not enabled.
     """
 
     def __init__(
@@ -114,7 +115,7 @@ class Logger:
 
     @expose
     def log(self, level: int | str, msg: Any) -> bool:
-        """Log ``msg`` at ``level`` (a number or a name like ``"INFO"``); False if dropped."""
+        """Log ``msg`` at ``level`` (a number or a name like ``"INFO"``); False if not recorded."""
         if isinstance(level, str):
             try:
                 lvl = _LEVELS[level.upper()]
