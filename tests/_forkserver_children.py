@@ -14,7 +14,7 @@ import sys
 def obey(rfd: int, wfd: int, config: object) -> None:
     """Say ``up``, then run one command from the host: ``exit N``, ``print TEXT``,
     ``signal PID``,
-    ``segv``, ``hang``; end of channel exits 0."""
+    ``segv``, ``hang``, ``sleep``; end of channel exits 0."""
     os.write(wfd, b"up")
     cmd = os.read(rfd, 1000)
     if cmd.startswith(b"exit "):
@@ -42,6 +42,11 @@ def obey(rfd: int, wfd: int, config: object) -> None:
         import ctypes
 
         ctypes.string_at(0)
+    if cmd == b"sleep":  # deaf to the channel: only a signal ends it
+        import time
+
+        while True:
+            time.sleep(60)
     if cmd == b"hang":
         while True:
             os.read(rfd, 1000) or os._exit(0)

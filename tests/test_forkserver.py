@@ -202,8 +202,9 @@ def test_kill_is_idempotent(server):
 
 def test_kill_still_works_after_close_fds(server):
     proc = started(server)
-    os.write(proc.wfd, b"hang")
+    os.write(proc.wfd, b"sleep")
     proc.close_fds()  # the pidfd stays until the process has ended
+    assert proc.wait(0.2) is None
     proc.kill()
     assert proc.wait(10) == ExitStatus(signal=signal.SIGKILL)
 
