@@ -36,14 +36,14 @@ def test_stdlib_entries_but_not_site_packages() -> None:
 def test_bridge_and_allowed_packages() -> None:
     import cloudpickle
     import pluggy
-    import typing_extensions
+    import pytest_timeout
 
     base = _landlock.rule_paths(())
     assert os.path.dirname(cloudpickle.__file__) in base
     assert os.path.dirname(pluggy.__file__) not in base
-    allowed = _landlock.rule_paths(("pluggy.something", "typing_extensions", "no_such_module_xyz"))
+    allowed = _landlock.rule_paths(("pluggy.something", "pytest_timeout", "no_such_module_xyz"))
     assert os.path.dirname(pluggy.__file__) in allowed
-    assert typing_extensions.__file__ in allowed  # a single-module package is a file rule
+    assert pytest_timeout.__file__ in allowed  # a single-module package is a file rule
 
 
 def test_extension_module_libraries_are_found() -> None:
