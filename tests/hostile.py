@@ -1,0 +1,560 @@
+"""Hand-made hostile frames for the host's decoder.
+
+Every body here is written opcode by opcode (no ``pickle.dumps``), the way an attacker
+who controls the sandbox's end of the channel would write it. :data:`CASES` lists
+them with the error the host must answer with; the test modules replay them against
+a bare host :class:`~capbridge._session.Session` and against a real sandbox.
+
+Placeholders: a body may contain :data:`CAP_ID` (a BININT whose 4 argument bytes are
+:data:`CAP_MARK`) where the export id of a host capability the sandbox legitimately
+holds goes, and :data:`QID` (argument bytes :data:`QID_MARK`) where the id of the
+host's question being served goes. :func:`fill` substitutes them; the in-sandbox
+attacker (:data:`ATTACK_SRC`) does the same with what it finds in its own memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from typing import Callable
+
+# --------------------------------------------------------------------------- opcodes
+
+PROTO = b"\x80\x05"
+STOP = b"."
+MARK = b"("
+POP = b"0"
+POP_MARK = b"1"
+DUP = b"2"
+NONE = b"N"
+NEWTRUE = b"\x88"
+NEWFALSE = b"\x89"
+TUPLE = b"t"
+EMPTY_TUPLE = b")"
+TUPLE1 = b"\x85"
+TUPLE2 = b"\x86"
+TUPLE3 = b"\x87"
+EMPTY_LIST = b"]"
+APPEND = b"a"
+APPENDS = b"e"
+LIST = b"l"
+EMPTY_DICT = b"}"
+SETITEM = b"s"
+SETITEMS = b"u"
+DICT = b"d"
+EMPTY_SET = b"\x8f"
+ADDITEMS = b"\x90"
+FROZENSET = b"\x91"
+BINPERSID = b"Q"
+PERSID = b"P"
+GLOBAL = b"c"
+STACK_GLOBAL = b"\x93"
+REDUCE = b"R"
+BUILD = b"b"
+INST = b"i"
+OBJ = b"o"
+NEWOBJ = b"\x81"
+NEWOBJ_EX = b"\x92"
+EXT1 = b"\x82"
+EXT2 = b"\x83"
+EXT4 = b"\x84"
+PUT = b"p"
+BINPUT = b"q"
+LONG_BINPUT = b"r"
+GET = b"g"
+BINGET = b"h"
+LONG_BINGET = b"j"
+MEMOIZE = b"\x94"
+FRAME = b"\x95"
+BYTEARRAY8 = b"\x96"
+NEXT_BUFFER = b"\x97"
+READONLY_BUFFER = b"\x98"
+INT = b"I"
+LONG = b"L"
+STRING = b"S"
+BINSTRING = b"T"
+SHORT_BINSTRING = b"U"
+UNICODE = b"V"
+FLOAT = b"F"
+BININT = b"J"
+BININT1 = b"K"
+BININT2 = b"M"
+LONG1 = b"\x8a"
+LONG4 = b"\x8b"
+BINFLOAT = b"G"
+SHORT_BINUNICODE = b"\x8c"
+BINUNICODE = b"X"
+SHORT_BINBYTES = b"C"
+BINBYTES = b"B"
+BINBYTES8 = b"\x8e"
+
+# Message tags (capbridge._protocol.Tag), written as numbers on purpose.
+T_CALL, T_RETURN, T_RAISE, T_RELEASE, T_HELLO = 1, 2, 3, 4, 5
+
+CAP_MARK = b"\xe1\xe2\xe3\x0f"
+QID_MARK = b"\xd1\xd2\xd3\x0e"
+CAP_ID = BININT + CAP_MARK
+QID = BININT + QID_MARK
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+def i(n: int) -> bytes:
+    """An int, with the shortest binary opcode."""
+    if 0 <= n < 256:
+        return BININT1 + bytes([n])
+    if 0 <= n < 65536:
+        return BININT2 + struct.pack("<H", n)
+    if -(1 << 31) <= n < (1 << 31):
+        return BININT + struct.pack("<i", n)
+    raw = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
+    if len(raw) < 256:
+        return LONG1 + bytes([len(raw)]) + raw
+    return LONG4 + struct.pack("<I", len(raw)) + raw
+
+
+def s(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    if len(raw) < 256:
+        return SHORT_BINUNICODE + bytes([len(raw)]) + raw
+    return BINUNICODE + struct.pack("<I", len(raw)) + raw
+
+
+def by(data: bytes) -> bytes:
+    if len(data) < 256:
+        return SHORT_BINBYTES + bytes([len(data)]) + data
+    return BINBYTES + struct.pack("<I", len(data)) + data
+
+
+def tup(*items: bytes) -> bytes:
+    return MARK + b"".join(items) + TUPLE
+
+
+def dct(*pairs: tuple[bytes, bytes]) -> bytes:
+    if not pairs:
+        return EMPTY_DICT
+    return EMPTY_DICT + MARK + b"".join(k + v for k, v in pairs) + SETITEMS
+
+
+def pid(*items: bytes) -> bytes:
+    """A persistent id: the tuple of ``items`` followed by BINPERSID."""
+    return tup(*items) + BINPERSID
+
+
+def ref(eid: bytes) -> bytes:
+    return pid(s("r"), eid)
+
+
+def vrec(kind: str, payload: bytes) -> bytes:
+    return pid(s("v"), s(kind), payload)
+
+
+def body(*parts: bytes) -> bytes:
+    return PROTO + b"".join(parts) + STOP
+
+
+def call(*, target: bytes = CAP_ID, name: bytes | None = None, args: bytes = EMPTY_TUPLE,
+         kwargs: bytes = EMPTY_DICT, qid: bytes = i(1), parent: bytes = QID, op: bytes = i(0)) -> bytes:
+    """Body of a CALL message; by default a call of method ``ping`` on the capability,
+    nested in the host's question being served (so the host serves it before the answer)."""
+    return body(tup(i(T_CALL), qid, parent, target, op, s("ping") if name is None else name, args, kwargs))
+
+
+def call_with(arg: bytes) -> bytes:
+    """A CALL on the capability whose single argument is ``arg`` (the payload)."""
+    return call(args=tup(arg))
+
+
+def frame(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def fill(data: bytes, cap_id: int | None = None, qid: int | None = None) -> bytes:
+    if cap_id is not None:
+        data = data.replace(CAP_MARK, struct.pack("<i", cap_id))
+    if qid is not None:
+        data = data.replace(QID_MARK, struct.pack("<i", qid))
+    return data
+
+
+def descriptor(*, name: str = "Evil", methods: bytes = EMPTY_TUPLE, props: bytes = EMPTY_TUPLE,
+               dunders: bytes = EMPTY_TUPLE) -> bytes:
+    """An interface descriptor (8 fields, see ``check_descriptor``)."""
+    return tup(s(name), s(""), methods, props, dunders, NEWFALSE, s(""), NEWTRUE)
+
+
+def member(name: str) -> bytes:
+    return tup(s(name), s(""), s("()"))
+
+
+def cref(eid: int, key: int, desc: bytes | None) -> bytes:
+    """A capability exported by the sandbox: ('c', id, iface_key, descriptor)."""
+    return pid(s("c"), i(eid), i(key), NONE if desc is None else desc)
+
+
+def global_call(module: str, name: str, *args: bytes) -> bytes:
+    """GLOBAL module.name, then REDUCE with ``args``: the classic pickle exploit."""
+    return GLOBAL + f"{module}\n{name}\n".encode() + tup(*args) + REDUCE
+
+
+# --------------------------------------------------------------------------- the cases
+
+
+@dataclasses.dataclass(frozen=True)
+class Ctx:
+    """What a case may aim at: files that must not appear, a host global that must
+    not be set."""
+
+    marker: str  # a path the attack tries to create on the host
+    pwned: str = "CAPBRIDGE_HOSTILE_PWNED"  # builtins attribute the attack tries to set
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    build: Callable[[Ctx], bytes]  # frame BODY (or whole frame for stage "frame")
+    match: str  # regex the ProtocolError message must match
+    #: where the host must catch it: "decode" (Session.decode), "frame" (FrameReader:
+    #: build returns raw stream bytes), "route" (the channel: unknown answers, HELLO),
+    #: "release" (Session.handle_release), "error" (exception data of a RAISE),
+    #: "dispatch" (Session.dispatch of a well-formed CALL)
+    stage: str = "decode"
+    needs_cap: bool = False  # body holds CAP_ID
+    needs_qid: bool = False  # body holds QID
+    xfail: str | None = None  # reason, when this is a known hole
+    xfail_e2e: str | None = None
+    strict_too: bool = False  # also replay under confinement="strict"
+
+
+def _cmd(ctx: Ctx) -> bytes:
+    return s(f"echo pwned > {ctx.marker}")
+
+
+def _exec_code(ctx: Ctx) -> str:
+    return (f"open({ctx.marker!r}, 'w').write('pwned'); "
+            f"import builtins; builtins.{ctx.pwned} = 1")
+
+
+def _nested_pickle(ctx: Ctx) -> bytes:
+    # A complete protocol-0 pickle of os.system(cmd), hand-written.
+    inner = b"cos\nsystem\n(V" + f"echo pwned > {ctx.marker}".encode() + b"\ntR."
+    return inner
+
+
+_FORBIDDEN = "forbidden pickle opcode"
+
+CASES: list[Case] = [
+    # --- globals and REDUCE: code execution attempts ------------------------------
+    Case("global_os_system", lambda c: call_with(global_call("os", "system", _cmd(c))),
+         rf"{_FORBIDDEN} GLOBAL", strict_too=True),
+    Case("global_posix_system_bare", lambda c: body(global_call("posix", "system", _cmd(c))),
+         rf"{_FORBIDDEN} GLOBAL"),
+    Case("stack_global_os_system",
+         lambda c: call_with(s("os") + s("system") + STACK_GLOBAL + tup(_cmd(c)) + REDUCE),
+         rf"{_FORBIDDEN} STACK_GLOBAL", strict_too=True),
+    Case("reduce_builtins_eval",
+         lambda c: call_with(global_call("builtins", "eval",
+                                         s(f"exec({_exec_code(c)!r})"))),
+         rf"{_FORBIDDEN} GLOBAL"),
+    Case("reduce_builtins_exec", lambda c: call_with(global_call("builtins", "exec", s(_exec_code(c)))),
+         rf"{_FORBIDDEN} GLOBAL"),
+    Case("reduce_without_global",
+         lambda c: call_with(s("x") + tup(_cmd(c)) + REDUCE), rf"{_FORBIDDEN} REDUCE"),
+    Case("builtins_getattr",
+         lambda c: call_with(global_call("builtins", "getattr",
+                                         global_call("builtins", "__import__", s("os")), s("system"))
+                             + tup(_cmd(c)) + REDUCE),
+         rf"{_FORBIDDEN} GLOBAL"),
+    Case("functools_partial",
+         lambda c: call_with(global_call("functools", "partial",
+                                         GLOBAL + b"os\nsystem\n", _cmd(c)) + EMPTY_TUPLE + REDUCE),
+         rf"{_FORBIDDEN} GLOBAL"),
+    Case("subprocess_popen",
+         lambda c: call_with(global_call("subprocess", "Popen",
+                                         tup(s("sh"), s("-c"), _cmd(c)))),
+         rf"{_FORBIDDEN} GLOBAL"),
+    Case("importlib_import_module",
+         lambda c: call_with(global_call("importlib", "import_module", s("os"))),
+         rf"{_FORBIDDEN} GLOBAL"),
+    Case("nested_pickle_loads",
+         lambda c: call_with(global_call("pickle", "loads", by(_nested_pickle(c)))),
+         rf"{_FORBIDDEN} GLOBAL"),
+    Case("inst_opcode",
+         lambda c: call_with(MARK + _cmd(c) + INST + b"os\nsystem\n"), rf"{_FORBIDDEN} INST"),
+    Case("obj_opcode",
+         lambda c: call_with(MARK + s("os") + _cmd(c) + OBJ), rf"{_FORBIDDEN} OBJ"),
+    Case("newobj_opcode",
+         lambda c: call_with(s("cls") + tup() + NEWOBJ), rf"{_FORBIDDEN} NEWOBJ"),
+    Case("newobj_ex_opcode",
+         lambda c: call_with(s("cls") + tup() + EMPTY_DICT + NEWOBJ_EX), rf"{_FORBIDDEN} NEWOBJ_EX"),
+    # --- mutating opcodes aimed at a decoded host reference ------------------------
+    Case("build_on_reference",
+         lambda c: call_with(ref(CAP_ID) + dct((s("secret"), i(1))) + BUILD),
+         rf"{_FORBIDDEN} BUILD", needs_cap=True, strict_too=True),
+    Case("setitem_on_reference",
+         lambda c: call_with(ref(CAP_ID) + s("secret") + i(1) + SETITEM),
+         r"malformed body: TypeError: 'Inert' object does not support item assignment", needs_cap=True),
+    Case("setitems_on_reference",
+         lambda c: call_with(ref(CAP_ID) + MARK + s("secret") + i(1) + s("_count") + i(99) + SETITEMS),
+         r"malformed body: TypeError: 'Inert' object does not support item assignment", needs_cap=True),
+    Case("append_on_reference",
+         lambda c: call_with(ref(CAP_ID) + i(1) + APPEND),
+         r"malformed body: AttributeError: 'Inert' object has no attribute 'append'", needs_cap=True),
+    Case("appends_on_reference",
+         lambda c: call_with(ref(CAP_ID) + MARK + i(1) + i(2) + APPENDS),
+         r"malformed body: AttributeError: 'Inert' object has no attribute", needs_cap=True),
+    Case("additems_on_reference",
+         lambda c: call_with(ref(CAP_ID) + MARK + i(1) + ADDITEMS),
+         r"malformed body: AttributeError: 'Inert' object has no attribute 'add'", needs_cap=True),
+    # --- forged references and targets ---------------------------------------------
+    Case("forged_ref_id", lambda c: call_with(ref(i(987654))), r"reference to unknown export id 987654",
+         strict_too=True),
+    Case("ref_id_negative", lambda c: call_with(ref(i(-1))), r"reference to unknown export id -1"),
+    Case("ref_id_str", lambda c: call_with(ref(s("1"))), r"reference to unknown export id '1'"),
+    Case("ref_id_zero", lambda c: call_with(ref(i(0))), r"reference to unknown export id 0"),
+    Case("call_unknown_target", lambda c: call(target=i(424242)), r"call to unknown export id 424242",
+         stage="dispatch", strict_too=True),
+    Case("call_target_zero", lambda c: call(target=i(0)), r"call to export 0, which does not exist",
+         stage="dispatch"),
+    # --- answers and releases nobody asked for ----------------------------------------
+    Case("return_unasked", lambda c: body(tup(i(T_RETURN), i(777777), s("forged"))),
+         r"answer to unknown question 777777", stage="route", strict_too=True),
+    Case("raise_unasked",
+         lambda c: body(tup(i(T_RAISE), i(777778), tup(s("ValueError"), tup(), s("x"), s(""), EMPTY_DICT))),
+         r"answer to unknown question 777778", stage="route"),
+    Case("release_unknown_id", lambda c: body(tup(i(T_RELEASE), tup(tup(i(31337), i(1))))),
+         r"release of unknown export id 31337", stage="release", strict_too=True),
+    Case("release_over_release", lambda c: body(tup(i(T_RELEASE), tup(tup(CAP_ID, i(1000))))),
+         r"release of unknown export id \d+ \(count 1000\)", stage="release", needs_cap=True),
+    Case("release_count_zero", lambda c: body(tup(i(T_RELEASE), tup(tup(i(1), i(0))))),
+         r"RELEASE count must be a positive int"),
+    Case("release_not_pairs", lambda c: body(tup(i(T_RELEASE), tup(i(1), i(2)))),
+         r"RELEASE pair must be \(id, count\)"),
+    Case("hello_after_startup", lambda c: body(tup(i(T_HELLO), i(1), tup(s("ok"), i(1), EMPTY_TUPLE))),
+         r"unexpected message tag 5", stage="route"),
+    # --- frame header -----------------------------------------------------------------
+    Case("length_2gb", lambda c: struct.pack(">I", 0x7FFF_FFF0) + b"\x80\x05" + b"N" * 1000,
+         r"frame of 2147483632 bytes exceeds the limit", stage="frame", strict_too=True),
+    Case("length_4gb", lambda c: b"\xff\xff\xff\xff" + b"\x80\x05N.",
+         r"frame of 4294967295 bytes exceeds the limit", stage="frame"),
+    # --- nesting ------------------------------------------------------------------------
+    Case("million_deep_tuples", lambda c: call_with(EMPTY_TUPLE + TUPLE1 * 1_000_000),
+         r"nested deeper than 100 levels", strict_too=True),
+    Case("million_deep_lists", lambda c: call_with(EMPTY_LIST * 1_000_000 + APPEND * 999_999),
+         r"nested deeper than 100 levels"),
+    Case("deep_dicts", lambda c: call_with(EMPTY_DICT + (s("k") + EMPTY_DICT) * 5000 + SETITEM * 5000),
+         r"nested deeper than 100 levels"),
+    Case("deep_frozensets", lambda c: call_with(MARK * 5000 + FROZENSET * 5000),
+         r"nested deeper than 100 levels"),
+    Case("deep_qid_repr", lambda c: body(tup(i(T_CALL), EMPTY_TUPLE + TUPLE1 * 100_000, i(0), i(1), i(0),
+                                               s("x"), EMPTY_TUPLE, EMPTY_DICT)),
+         r"(nested too deeply|qid must be)",
+         xfail="Session.decode lets RecursionError escape: check_message formats the repr of a "
+               "100k-deep tuple qid (the channel converts it, the sans-IO API does not)"),
+    Case("huge_int_qid", lambda c: body(tup(i(T_CALL), i(10 ** 5000), i(0), i(1), i(0),
+                                              s("x"), EMPTY_TUPLE, EMPTY_DICT)),
+         r"CALL qid must be a positive int",
+         xfail="check_message formats repr() of a >4300-digit int: ValueError (int max str digits) "
+               "instead of ProtocolError; over the channel it becomes SandboxCrashed",
+         xfail_e2e="same: the host raises SandboxCrashed (cause ValueError), not ProtocolError"),
+    Case("huge_int_ref_id", lambda c: call_with(ref(i(10 ** 5000))),
+         r"reference to unknown export id",
+         xfail="_resolve_inert formats repr() of a >4300-digit export id: ValueError, not ProtocolError",
+         xfail_e2e="same: the host raises SandboxCrashed (cause ValueError), not ProtocolError"),
+    # --- pickle structure -----------------------------------------------------------------
+    Case("truncated_pickle", lambda c: call()[:-3], r"malformed body: truncated pickle", strict_too=True),
+    Case("truncated_length_arg", lambda c: PROTO + BINUNICODE + b"\xff\xff", r"truncated pickle"),
+    Case("binbytes8_huge_claim", lambda c: PROTO + BINBYTES8 + struct.pack("<Q", 1 << 62) + b"xx.",
+         r"truncated pickle"),
+    Case("bytearray8_huge_claim", lambda c: PROTO + BYTEARRAY8 + struct.pack("<Q", 1 << 62) + b"xx.",
+         r"truncated pickle"),
+    Case("frame_opcode_huge_claim", lambda c: PROTO + FRAME + struct.pack("<Q", 1 << 62) + NONE + STOP,
+         r"malformed body: UnpicklingError: pickle data was truncated"),
+    Case("trailing_garbage", lambda c: call() + b"cos\nsystem\n", r"\d+ bytes after STOP"),
+    Case("two_pickles", lambda c: call() + call(), r"\d+ bytes after STOP"),
+    Case("not_a_pickle", lambda c: b"GET / HTTP/1.1\r\n", r"not a pickle of protocol 2 or newer"),
+    Case("empty_body", lambda c: b"", r"not a pickle"),
+    Case("protocol_6", lambda c: b"\x80\x06" + NONE + STOP, r"unsupported pickle protocol"),
+    Case("pop_mark_underflow", lambda c: PROTO + POP_MARK + NONE + STOP, r"could not find MARK"),
+    Case("empty_stack_stop", lambda c: PROTO + STOP, r"malformed body"),
+    Case("dup_opcode", lambda c: PROTO + NONE + DUP + TUPLE2 + STOP, rf"{_FORBIDDEN} DUP"),
+    # --- message shape ------------------------------------------------------------------
+    Case("bad_tag", lambda c: body(tup(i(9), i(1))), r"unknown message tag 9", strict_too=True),
+    Case("tag_true", lambda c: body(tup(NEWTRUE, i(1), i(0), i(1), i(0), s("x"), EMPTY_TUPLE, EMPTY_DICT)),
+         r"unknown message tag True"),
+    Case("tag_str", lambda c: body(tup(s("CALL"), i(1))), r"unknown message tag 'CALL'"),
+    Case("not_a_tuple", lambda c: body(EMPTY_LIST), r"expected a tuple, got list"),
+    Case("empty_tuple", lambda c: body(EMPTY_TUPLE), r"expected a tuple"),
+    Case("qid_str", lambda c: call(qid=s("1")), r"CALL qid must be a positive int, got str"),
+    Case("qid_zero", lambda c: call(qid=i(0)), r"CALL qid must be a positive int"),
+    Case("qid_float", lambda c: call(qid=BINFLOAT + struct.pack(">d", 1.0)), r"CALL qid must be a positive int"),
+    Case("parent_negative", lambda c: call(parent=i(-5)), r"CALL parent must be"),
+    Case("kwargs_int_keys", lambda c: call(kwargs=dct((i(1), i(2)))), r"kwargs must be a dict with str keys"),
+    Case("kwargs_list", lambda c: call(kwargs=EMPTY_LIST), r"kwargs must be a dict"),
+    Case("args_list", lambda c: call(args=EMPTY_LIST + MARK + i(1) + APPENDS), r"CALL args must be a tuple, got list"),
+    Case("op_unknown", lambda c: call(op=i(99)), r"CALL op 99 is unknown"),
+    Case("name_int", lambda c: call(name=i(5)), r"CALL name must be None or a short str"),
+    Case("name_too_long", lambda c: call(name=s("a" * 5000)), r"CALL name must be None or a short str"),
+    Case("call_seven_fields", lambda c: body(tup(i(T_CALL), i(1), i(0), i(1), i(0), s("x"), EMPTY_TUPLE)),
+         r"CALL has 7 fields, expected 8"),
+    Case("return_four_fields", lambda c: body(tup(i(T_RETURN), i(1), NONE, NONE)), r"RETURN has 4 fields"),
+    Case("raise_qid_str", lambda c: body(tup(i(T_RAISE), s("x"), NONE)), r"RAISE qid must be"),
+    Case("hello_version_str", lambda c: body(tup(i(T_HELLO), s("1"), NONE)), r"HELLO must be"),
+    # --- memo and extension registry ------------------------------------------------------
+    Case("long_binput_huge_index", lambda c: PROTO + NONE + LONG_BINPUT + b"\xff\xff\xff\x7f" + STOP,
+         rf"{_FORBIDDEN} LONG_BINPUT", strict_too=True),
+    Case("binput", lambda c: PROTO + NONE + BINPUT + b"\x01" + STOP, rf"{_FORBIDDEN} BINPUT"),
+    Case("binget_unset", lambda c: call_with(BINGET + b"\x05"), rf"{_FORBIDDEN} BINGET"),
+    Case("long_binget_unset", lambda c: call_with(LONG_BINGET + b"\xff\xff\xff\x7f"), rf"{_FORBIDDEN} LONG_BINGET"),
+    Case("put_text", lambda c: PROTO + NONE + PUT + b"0\n" + STOP, rf"{_FORBIDDEN} PUT"),
+    Case("get_text", lambda c: call_with(GET + b"0\n"), rf"{_FORBIDDEN} GET"),
+    Case("memoize_then_binget", lambda c: call_with(s("x") + MEMOIZE + POP + BINGET + b"\x00"),
+         rf"{_FORBIDDEN} BINGET"),
+    Case("ext1", lambda c: call_with(EXT1 + b"\x01"), rf"{_FORBIDDEN} EXT1"),
+    Case("ext2", lambda c: call_with(EXT2 + b"\x01\x00"), rf"{_FORBIDDEN} EXT2"),
+    Case("ext4", lambda c: call_with(EXT4 + b"\x01\x00\x00\x00"), rf"{_FORBIDDEN} EXT4"),
+    # --- text-protocol opcodes and out-of-band buffers --------------------------------------
+    Case("int_text", lambda c: call_with(INT + b"1\n"), rf"{_FORBIDDEN} INT"),
+    Case("long_text_5000_digits", lambda c: call_with(LONG + b"9" * 5000 + b"L\n"), rf"{_FORBIDDEN} LONG "),
+    Case("string_text", lambda c: call_with(STRING + b"'x'\n"), rf"{_FORBIDDEN} STRING"),
+    Case("unicode_text", lambda c: call_with(UNICODE + b"x\n"), rf"{_FORBIDDEN} UNICODE"),
+    Case("float_text", lambda c: call_with(FLOAT + b"1.5\n"), rf"{_FORBIDDEN} FLOAT"),
+    Case("short_binstring", lambda c: call_with(SHORT_BINSTRING + b"\x01x"), rf"{_FORBIDDEN} SHORT_BINSTRING"),
+    Case("binstring", lambda c: call_with(BINSTRING + b"\x01\x00\x00\x00x"), rf"{_FORBIDDEN} BINSTRING"),
+    Case("next_buffer", lambda c: call_with(NEXT_BUFFER), rf"{_FORBIDDEN} NEXT_BUFFER"),
+    Case("readonly_buffer", lambda c: call_with(by(b"x") + READONLY_BUFFER), rf"{_FORBIDDEN} READONLY_BUFFER"),
+    Case("persid_text", lambda c: call_with(PERSID + b"r 1\n"), rf"{_FORBIDDEN} PERSID"),
+    # --- persistent ids ---------------------------------------------------------------
+    Case("pid_not_tuple", lambda c: call_with(i(5) + BINPERSID), r"malformed reference"),
+    Case("pid_empty_tuple", lambda c: call_with(EMPTY_TUPLE + BINPERSID), r"malformed reference"),
+    Case("pid_kind_int", lambda c: call_with(pid(i(1), i(1))), r"malformed reference"),
+    Case("pid_unknown_kind", lambda c: call_with(pid(s("z"), i(1))), r"unknown reference kind 'z'"),
+    Case("pid_kind_f", lambda c: call_with(pid(s("f"), by(b"cos\nsystem\n"))), r"unknown reference kind 'f'"),
+    Case("pid_r_three_fields", lambda c: call_with(pid(s("r"), i(1), i(2))), r"unknown reference kind 'r'"),
+    Case("v_uuid_too_big", lambda c: call_with(vrec("UUID", i(2 ** 200))), r"bad UUID record", strict_too=True),
+    Case("v_uuid_str", lambda c: call_with(vrec("UUID", s("12345678-1234-5678-1234-567812345678"))),
+         r"bad UUID record"),
+    Case("v_decimal_1mb", lambda c: call_with(vrec("Decimal", s("x" * 10 ** 6))), r"bad Decimal record"),
+    Case("v_decimal_garbage", lambda c: call_with(vrec("Decimal", s("12abc"))), r"bad Decimal record"),
+    Case("v_datetime_bad_iso", lambda c: call_with(vrec("datetime", tup(s("not a date"), i(0), NONE))),
+         r"bad datetime record"),
+    Case("v_datetime_fold_2", lambda c: call_with(vrec("datetime", tup(s("2020-01-01T00:00"), i(2), NONE))),
+         r"bad datetime record"),
+    Case("v_datetime_tz_path", lambda c: call_with(vrec("datetime", tup(s("2020-01-01T00:00"), i(0),
+                                                                         tup(s("zi"), s("../../../etc/passwd")))))
+         , r"bad time zone key"),
+    Case("v_datetime_tz_abs", lambda c: call_with(vrec("datetime", tup(s("2020-01-01T00:00"), i(0),
+                                                                        tup(s("zi"), s("/etc/localtime"))))),
+         r"bad time zone key"),
+    Case("v_datetime_tz_offset_types", lambda c: call_with(vrec("datetime", tup(
+        s("2020-01-01T00:00"), i(0), tup(s("off"), s("1"), i(0), i(0), NONE)))), r"bad time zone offset record"),
+    Case("v_datetime_not_tuple", lambda c: call_with(vrec("datetime", s("2020-01-01"))), r"bad datetime record"),
+    Case("v_date_long", lambda c: call_with(vrec("date", s("2020-01-01" * 100))), r"bad date record"),
+    Case("v_timedelta_overflow", lambda c: call_with(vrec("timedelta", tup(i(10 ** 12), i(0), i(0)))),
+         r"bad timedelta record"),
+    Case("v_complex_strs", lambda c: call_with(vrec("complex", tup(s("1"), s("2")))), r"bad complex record"),
+    Case("v_fraction_zero_den", lambda c: call_with(vrec("Fraction", tup(i(1), i(0)))), r"bad Fraction record"),
+    Case("v_timezone_garbage", lambda c: call_with(vrec("timezone", tup(s("nope")))), r"bad time zone record"),
+    Case("v_unknown_kind", lambda c: call_with(vrec("os.system", s("x"))), r"unknown value record kind"),
+    Case("v_vt_not_registered",
+         lambda c: call_with(vrec("vt", tup(s("NotRegistered"), EMPTY_TUPLE, EMPTY_TUPLE, NEWFALSE))),
+         r"value type 'NotRegistered' is not registered on the host", strict_too=True),
+    Case("v_vt_bad_payload", lambda c: call_with(vrec("vt", s("os.system"))), r"malformed value type record"),
+    Case("v_two_fields", lambda c: call_with(pid(s("v"), s("UUID"))), r"unknown reference kind 'v'"),
+    # --- interface descriptors of sandbox capabilities --------------------------------
+    *[Case(f"desc_dunder_{d.strip('_')}",
+           (lambda d: lambda c: call_with(cref(1, 1, descriptor(dunders=tup(member(d))))))(d),
+           rf"special member '{d}' is not allowed")
+      for d in ("__del__", "__init__", "__reduce__", "__getattribute__", "__class__", "__setattr__")],
+    Case("desc_dunder_as_method", lambda c: call_with(cref(1, 1, descriptor(methods=tup(member("__del__"))))),
+         r"special member '__del__' is not allowed", strict_too=True),
+    Case("desc_non_identifier", lambda c: call_with(cref(1, 1, descriptor(methods=tup(member("a b"))))),
+         r"bad interface descriptor: member name 'a b'"),
+    Case("desc_keyword_name", lambda c: call_with(cref(1, 1, descriptor(methods=tup(member("import"))))),
+         r"bad interface descriptor: member name 'import'"),
+    Case("desc_cb_name", lambda c: call_with(cref(1, 1, descriptor(methods=tup(member("_cb_chan"))))),
+         r"bad interface descriptor: member name '_cb_chan'"),
+    Case("desc_100k_members",
+         lambda c: call_with(cref(1, 1, descriptor(methods=tup(*[member(f"m{n}") for n in range(100_000)])))),
+         r"more than 2048 members"),
+    Case("desc_ref_inside",
+         lambda c: call_with(cref(1, 1, tup(s("Evil"), s(""), tup(tup(s("m"), ref(CAP_ID), s("()"))),
+                                            EMPTY_TUPLE, EMPTY_TUPLE, NEWFALSE, s(""), NEWTRUE))),
+         r"reference inside an interface descriptor", needs_cap=True),
+    Case("desc_seven_fields", lambda c: call_with(cref(1, 1, tup(s("Evil"), s(""), EMPTY_TUPLE, EMPTY_TUPLE,
+                                                                 EMPTY_TUPLE, NEWFALSE, s("")))),
+         r"expected a tuple of 8 fields"),
+    Case("desc_flag_not_bool", lambda c: call_with(cref(1, 1, tup(s("Evil"), s(""), EMPTY_TUPLE, EMPTY_TUPLE,
+                                                                  EMPTY_TUPLE, i(1), s(""), NEWTRUE))),
+         r"flags must be bools"),
+    Case("desc_huge_doc", lambda c: call_with(cref(1, 1, tup(s("Evil"), s("d" * 100_000), EMPTY_TUPLE,
+                                                             EMPTY_TUPLE, EMPTY_TUPLE, NEWFALSE, s(""), NEWTRUE))),
+         r"doc must be a str of at most"),
+    Case("undescribed_interface", lambda c: call_with(cref(1, 77, None)), r"reference to undescribed interface 77"),
+    Case("described_twice",
+         lambda c: call_with(tup(cref(1, 3, descriptor()), cref(2, 3, descriptor()))),
+         r"interface 3 described twice"),
+    Case("cref_negative_id", lambda c: call_with(cref(-1, 1, descriptor())), r"malformed capability reference"),
+    # --- exception data in RAISE -----------------------------------------------------
+    Case("raise_bad_types",
+         lambda c: body(tup(i(T_RAISE), QID, tup(i(1), s("args"), NONE, NONE, NONE))),
+         r"malformed error data", stage="error", needs_qid=True,
+         xfail_e2e="a RAISE with malformed error data raises ProtocolError at the call site "
+                   "but does not end the sandbox (Channel.call raises it without Channel.fail)"),
+    Case("raise_10mb_message",
+         lambda c: body(tup(i(T_RAISE), QID, tup(s("ValueError"), EMPTY_TUPLE, s("m" * 10_000_000),
+                                                  s(""), EMPTY_DICT))),
+         r"malformed error data", stage="error", needs_qid=True,
+         xfail_e2e="a RAISE with a 10 MB message raises ProtocolError at the call site "
+                   "but does not end the sandbox"),
+]
+
+CASES_BY_NAME = {c.name: c for c in CASES}
+assert len(CASES_BY_NAME) == len(CASES), "duplicate case names"
+
+
+# --------------------------------------------------------------------------- the attacker
+
+#: Loaded into the sandbox with ``Sandbox.load(ATTACK_SRC, "hostile_attack")``: it finds
+#: its own channel the way untrusted code can (walking the interpreter's frames) and
+#: writes raw bytes to the host behind the runtime's back.
+ATTACK_SRC = r'''
+import os, sys, struct
+
+_pending = []
+
+def _channel():
+    f = sys._getframe()
+    while f is not None:
+        me = f.f_locals.get("self")
+        if type(me).__name__ == "Channel":
+            return me
+        f = f.f_back
+    raise RuntimeError("channel not found")
+
+def stash(data, cap_name=None, raw=False, pad=0):
+    """Keep the attack bytes; returns how many will be written."""
+    if cap_name is not None:
+        import capbridge
+        eid = capbridge.grants[cap_name]._cb_id
+        data = data.replace(CAP_MARK, struct.pack("<i", eid))
+    out = data if raw else struct.pack(">I", len(data)) + data
+    out += b"\0" * pad
+    _pending[:] = [out]
+    return len(out)
+
+def fire(sleep=30):
+    """Write the stashed bytes straight onto the channel, then keep the host busy."""
+    ch = _channel()
+    data = _pending.pop()
+    if QID_MARK in data:
+        data = data.replace(QID_MARK, struct.pack("<i", ch._local.serving[-1]))
+    with ch._send_lock:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(ch.wfd, view):]
+    import time
+    time.sleep(sleep)
+    return "not killed"
+'''.replace("CAP_MARK", repr(CAP_MARK)).replace("QID_MARK", repr(QID_MARK))
