@@ -1,0 +1,8 @@
+"""``python -m capbridge``: the same command line as the ``capbridge`` script."""
+
+import sys
+
+from ._cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
