@@ -383,8 +383,8 @@ class Sandbox:
             return False
         if status.signal == _signal.SIGXCPU:
             return True
-        return status.signal == _signal.SIGKILL and not self._killed_by_us and \
-            self._last_usage[0] >= limit - 0.5
+        used = status.cpu_seconds if status.cpu_seconds is not None else self._last_usage[0]
+        return status.signal == _signal.SIGKILL and not self._killed_by_us and used >= limit - 0.05
 
     def _near_memory_limit(self) -> bool:
         limit = self.limits.memory_mb

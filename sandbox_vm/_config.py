@@ -35,11 +35,13 @@ class ExitStatus:
 
     exitcode: int | None = None
     signal: int | None = None
+    #: CPU time (user + system) the process used over its life, when known.
+    cpu_seconds: float | None = dataclasses.field(default=None, compare=False)
 
     @classmethod
-    def from_wait_status(cls, status: int) -> "ExitStatus":
+    def from_wait_status(cls, status: int, cpu_seconds: float | None = None) -> "ExitStatus":
         import os
 
         if os.WIFSIGNALED(status):
-            return cls(signal=os.WTERMSIG(status))
-        return cls(exitcode=os.waitstatus_to_exitcode(status))
+            return cls(signal=os.WTERMSIG(status), cpu_seconds=cpu_seconds)
+        return cls(exitcode=os.waitstatus_to_exitcode(status), cpu_seconds=cpu_seconds)

@@ -60,7 +60,7 @@ MAX_PACKET = 1 << 16  # a pickled SandboxConfig is a few hundred bytes
 _U64 = struct.Struct(">Q")
 _HELLO = struct.Struct(">II")
 _READY = struct.Struct(">Qi")
-_EXIT = struct.Struct(">ii")
+_EXIT = struct.Struct(">iiQ")
 
 
 def encode_spawn(req_id: int, config_pickle: bytes) -> bytes:
@@ -82,8 +82,8 @@ def decode_failed(msg: bytes) -> tuple[int, str]:
     return _U64.unpack_from(msg, 1)[0], msg[1 + _U64.size:].decode("utf-8", "replace")
 
 
-def decode_exit(msg: bytes) -> tuple[int, int]:
-    """``(pid, wait_status)``"""
+def decode_exit(msg: bytes) -> tuple[int, int, int]:
+    """``(pid, wait_status, cpu_microseconds)``"""
     return _EXIT.unpack(msg[1:])
 
 
@@ -335,8 +335,11 @@ class _Server:
         pid = self.by_pidfd.pop(pidfd, None)
         if pid is None:
             return
+        cpu_us = 0
         try:
-            done, status = os.waitpid(pid, os.WNOHANG)
+            done, status, usage = os.wait4(pid, os.WNOHANG)
+            if done:
+                cpu_us = int((usage.ru_utime + usage.ru_stime) * 1e6)
         except ChildProcessError:  # pragma: no cover - cannot happen: only we reap
             done, status = pid, 0
         if done == 0:  # spurious wakeup: not ended yet
@@ -345,7 +348,7 @@ class _Server:
         self.poller.unregister(pidfd)
         os.close(pidfd)
         del self.children[pid]
-        self.send(EXIT + _EXIT.pack(pid, status))
+        self.send(EXIT + _EXIT.pack(pid, status, cpu_us))
 
     def kill_all(self) -> None:
         import signal

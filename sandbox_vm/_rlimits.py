@@ -17,6 +17,7 @@ creation depend on unrelated processes of the same user.
 from __future__ import annotations
 
 import ctypes
+import os
 import resource
 import threading
 
@@ -47,7 +48,11 @@ def planned_limits(memory_mb: int | None, cpu_seconds: float | None, *, user_nam
         limits.append(("RLIMIT_CPU", inf, inf))
     else:
         soft = max(1, int(-(-cpu_seconds // 1)))  # whole seconds, rounded up
-        limits.append(("RLIMIT_CPU", soft, soft + CPU_HARD_GRACE))
+        # As pid 1 of its own PID namespace the sandbox never receives SIGXCPU (the
+        # kernel drops default-action signals to a namespace init), so the hard limit
+        # is the one that ends it: make it the limit itself.
+        grace = 0 if os.getpid() == 1 else CPU_HARD_GRACE
+        limits.append(("RLIMIT_CPU", soft, soft + grace))
     limits += [("RLIMIT_FSIZE", 0, 0), ("RLIMIT_CORE", 0, 0), ("RLIMIT_MEMLOCK", 0, 0),
                ("RLIMIT_MSGQUEUE", 0, 0)]
     if user_namespace:

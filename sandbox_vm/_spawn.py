@@ -284,11 +284,11 @@ class ForkServer:
         for fd in fds:
             _close(fd)
         if kind == wire.EXIT:
-            pid, status = wire.decode_exit(msg)
+            pid, status, cpu_us = wire.decode_exit(msg)
             with self._lock:
                 proc = self._live.pop(pid, None)
             if proc is not None:
-                proc._set_ended(ExitStatus.from_wait_status(status))
+                proc._set_ended(ExitStatus.from_wait_status(status, cpu_us / 1e6))
         elif kind == wire.FAILED:
             req_id, reason = wire.decode_failed(msg)
             with self._lock:

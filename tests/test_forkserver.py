@@ -361,7 +361,7 @@ def test_spawn_request_is_one_packet():
     blob = pickle.dumps(NONE)
     msg = wire.encode_spawn(42, blob)
     assert msg[:1] == wire.SPAWN and int.from_bytes(msg[1:9], "big") == 42 and msg[9:] == blob
-    assert wire.decode_exit(wire.EXIT + (7).to_bytes(4, "big") + (9).to_bytes(4, "big")) == (7, 9)
+    assert wire.decode_exit(wire.EXIT + (7).to_bytes(4, "big") + (9).to_bytes(4, "big") + (5).to_bytes(8, "big")) == (7, 9, 5)
     assert wire.decode_failed(wire.FAILED + (3).to_bytes(8, "big") + b"no") == (3, "no")
 
 
