@@ -37,10 +37,17 @@ __all__ = [
     "ConfinementUnavailable",
 ]
 
+from ._aio import AsyncSandbox
+from ._pool import SandboxPool
 from ._proxy import Proxy
 from ._sandbox import Limits, Sandbox
+from ._session import AuditEvent
 
-__all__ += ["Sandbox", "Limits", "Proxy"]
+__all__ += ["Sandbox", "AsyncSandbox", "SandboxPool", "Limits", "Proxy", "AuditEvent"]
+
+for _obj in (Sandbox, AsyncSandbox, SandboxPool, Limits, Proxy, AuditEvent):
+    _obj.__module__ = "capbridge"
+del _obj
 
 #: Inside the sandbox: the grants, by name (empty on the host).
 grants: dict = {}

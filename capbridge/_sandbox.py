@@ -85,6 +85,7 @@ class Sandbox:
         stderr: Callable[[str], Any] | Any = None,
         debug: bool = False,
         audit: Callable[[AuditEvent], Any] | None = None,
+        _awaiter: Callable[[Any], Any] | None = None,
     ) -> None:
         from sandbox_vm import SandboxConfig
         from sandbox_vm._spawn import spawn
@@ -134,7 +135,7 @@ class Sandbox:
         self._proc = spawn(config)
         self.pid = self._proc.pid
         self._session = Session(trusted_peer=False, max_frame=self.limits.max_frame, debug=debug,
-                                allow_modules=tuple(allow_imports), audit=audit)
+                                allow_modules=tuple(allow_imports), audit=audit, awaiter=_awaiter)
         self._chan = Channel(self._session, self._proc.rfd, self._proc.wfd,
                              on_fatal=self._on_fatal, raise_error=self._remote_error)
         if self.limits.wall_seconds is not None:

@@ -14,6 +14,7 @@ sandbox's session trusts its peer, the host.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import io
 import itertools
 import pickle
@@ -148,6 +149,7 @@ class Session:
         bootstrap: Any = None,
         allow_modules: tuple[str, ...] = (),
         audit: Callable[[AuditEvent], None] | None = None,
+        awaiter: Callable[[Any], Any] | None = None,
     ) -> None:
         self.trusted_peer = trusted_peer
         self.max_frame = max_frame
@@ -155,6 +157,7 @@ class Session:
         self.bootstrap = bootstrap
         self.allow_modules = frozenset(allow_modules)
         self.audit = audit
+        self.awaiter = awaiter
         self.tables = Tables()
         self.channel: Any = None  # the I/O layer proxies call through
         self._iface_keys: dict[int, tuple[int, Any]] = {}
@@ -495,6 +498,17 @@ class Session:
                 pass
 
     def _invoke_checked(self, entry: Export, op: int, name: Any, args: tuple, kwargs: dict) -> Any:
+        result = self._invoke_member(entry, op, name, args, kwargs)
+        if type(result) in _SCALARS or not inspect.iscoroutine(result):
+            return result
+        if self.awaiter is None:
+            result.close()
+            raise TypeError(
+                f"{entry.iface.name}.{name} is async: async capabilities need an AsyncSandbox"
+            )
+        return self.awaiter(result)
+
+    def _invoke_member(self, entry: Export, op: int, name: Any, args: tuple, kwargs: dict) -> Any:
         obj = entry.target
         iface = entry.iface
         if op == _OP_CALL:
