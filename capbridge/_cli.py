@@ -15,9 +15,10 @@ import signal
 import sys
 import traceback
 import warnings
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
-__all__ = ["main", "EXIT_CODES"]
+__all__ = ["EXIT_CODES", "main"]
 
 EX_USAGE = 2
 EX_UNAVAILABLE = 69
@@ -126,8 +127,7 @@ class UsageError(Exception):
 
 def _say(message: str) -> None:
     message = message.strip()
-    if message.startswith("capbridge: "):
-        message = message[len("capbridge: "):]
+    message = message.removeprefix("capbridge: ")
     print(f"capbridge: {message}", file=sys.stderr, flush=True)
 
 
@@ -280,27 +280,53 @@ class _ForwardInterrupt:
         except OSError:
             raise KeyboardInterrupt from None
 
-    def __enter__(self) -> "_ForwardInterrupt":
+    def __enter__(self) -> _ForwardInterrupt:
         try:
             self.old = signal.signal(signal.SIGINT, self._handler)
         except ValueError:  # not the main thread
             self.old = None
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.old is not None:
             signal.signal(signal.SIGINT, self.old)
 
 
+class MalformedResult(Exception):
+    """Sandbox code tampered with the runner and returned something else."""
+
+
+def _checked(result: Any) -> tuple[str, Any, Any]:
+    """``result`` of :func:`_sandbox_run` if it has the promised shape (the sandbox is untrusted)."""
+    if type(result) is tuple and len(result) == 3:
+        kind, value, extra = result
+        if kind == "ok" and value is None and extra is None:
+            return result
+        if kind == "exit" and type(value) is int and (extra is None or type(extra) is str):
+            return result
+        if kind == "error" and type(value) is str and type(extra) is str:
+            return result
+    raise MalformedResult("the sandbox returned a malformed result (was capbridge's "
+                          "runner replaced?)")
+
+
 def _failure(exc: BaseException, opts: argparse.Namespace, what: str) -> tuple[int, str]:
     """The exit code and one-line reason for an error that ended the sandbox."""
-    from . import (ConfinementUnavailable, CPULimitExceeded, MemoryLimitExceeded, ProtocolError,
-                   RemoteError, SandboxCrashed, SandboxTimeout)
+    from . import (
+        ConfinementUnavailable,
+        CPULimitExceeded,
+        MemoryLimitExceeded,
+        ProtocolError,
+        RemoteError,
+        SandboxCrashed,
+        SandboxTimeout,
+    )
 
     if isinstance(exc, SandboxTimeout):
         return EX_TIMEOUT, f"timed out: {what} ran longer than --timeout {opts.timeout:g} s; the sandbox was killed"
     if isinstance(exc, MemoryLimitExceeded):
-        return EX_MEMORY, f"out of memory: the sandbox hit --memory {opts.memory} MB; it was killed"
+        limit = f"hit --memory {opts.memory} MB" if opts.memory is not None else "raised MemoryError"
+        return EX_MEMORY, f"out of memory: the sandbox {limit}; it was killed"
     if isinstance(exc, CPULimitExceeded):
         return EX_CPU, f"CPU limit: the sandbox used up --cpu {opts.cpu:g} s of CPU time; it was killed"
     if isinstance(exc, ProtocolError):
@@ -341,7 +367,7 @@ def _cmd_run(opts: argparse.Namespace) -> int:
         sb = _open_sandbox(opts, fs)
         sb.call(_sandbox_prepare, [filename, *opts.args], cwd, filename, source)
         with _ForwardInterrupt(sb.pid):
-            kind, value, extra = sb.call(_sandbox_run, source, filename, "exec")
+            kind, value, extra = _checked(sb.call(_sandbox_run, source, filename, "exec"))
     except CapbridgeError as exc:
         if sb is not None:
             sb.close()
@@ -353,6 +379,9 @@ def _cmd_run(opts: argparse.Namespace) -> int:
             sb.kill()
         _say("interrupted; the sandbox was killed")
         return EX_INTERRUPTED
+    except MalformedResult as exc:
+        _say(str(exc))
+        return EX_SOFTWARE
     finally:
         if sb is not None:
             sb.close()
@@ -451,6 +480,9 @@ def _cmd_shell(opts: argparse.Namespace) -> int:
             sb.kill()
         _say("interrupted; the sandbox was killed")
         return EX_INTERRUPTED
+    except MalformedResult as exc:
+        _say(str(exc))
+        return EX_SOFTWARE
     finally:
         if sb is not None:
             sb.close()
@@ -461,7 +493,7 @@ def _cmd_shell(opts: argparse.Namespace) -> int:
 def _shell_run(sb: Any, source: str) -> int | None:
     """Run one complete statement; an exit code if the shell should end."""
     with _ForwardInterrupt(sb.pid):
-        kind, value, extra = sb.call(_sandbox_run, source, "<stdin>", "single")
+        kind, value, extra = _checked(sb.call(_sandbox_run, source, "<stdin>", "single"))
     if kind == "exit":
         if extra:
             print(extra, file=sys.stderr, flush=True)
