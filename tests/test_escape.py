@@ -811,3 +811,81 @@ def test_sandbox_cannot_reach_another(control_server) -> None:
     finally:
         attacker.close()
         victim.close()
+
+
+# --- crashes and what the host is told ------------------------------------------------------
+
+NULL_DEREF = "import ctypes\nctypes.string_at(0)\n"
+TOUCH_400_MB = "hold = bytearray(400 << 20)\nfor i in range(0, len(hold), 4096):\n    hold[i] = 1\n"
+
+
+def test_exit_is_sandbox_crashed() -> None:
+    sb = capbridge.Sandbox()
+    with pytest.raises(capbridge.SandboxCrashed) as info:
+        sb.exec("import os\nos._exit(3)\n")
+    assert info.value.exitcode == 3 and "exit code 3" in str(info.value)
+    with pytest.raises(capbridge.SandboxError, match="dead"):
+        sb.eval("1")
+    sb.close()
+
+
+def test_null_deref_is_sandbox_crashed() -> None:
+    sb = capbridge.Sandbox(limits=Limits(memory_mb=512))
+    with pytest.raises(capbridge.SandboxCrashed) as info:
+        sb.exec(NULL_DEREF)
+    assert info.value.signal == signal.SIGSEGV and "SIGSEGV" in str(info.value)
+    sb.close()
+
+
+def test_memory_in_use_is_real() -> None:
+    # control for the test below: 400 MB really are resident, well inside the 512 MB limit
+    with capbridge.Sandbox(limits=Limits(memory_mb=512)) as sb:
+        sb.exec(TOUCH_400_MB)
+        assert 400 <= sb.stats()["peak_memory_mb"] < 512
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "wrong error mapping: capbridge._sandbox.Sandbox._on_fatal maps any SIGSEGV/SIGABRT/SIGBUS to "
+    "MemoryLimitExceeded once peak RSS reached 80% of memory_mb, so a NULL dereference in a sandbox "
+    "that merely uses a lot of (permitted) memory is reported as 'ran out of memory' (the peak is "
+    "sampled by stats(), so a host that monitors its sandboxes sees the wrong error)"))
+def test_null_deref_with_much_memory_in_use_is_still_a_crash() -> None:
+    sb = capbridge.Sandbox(limits=Limits(memory_mb=512))
+    sb.exec(TOUCH_400_MB)
+    assert sb.stats()["peak_memory_mb"] >= 400  # a host watching its sandbox
+    with pytest.raises(capbridge.SandboxCrashed) as info:
+        sb.exec(NULL_DEREF)
+    assert info.value.signal == signal.SIGSEGV
+    sb.close()
+
+
+# --- output cannot pass for the host's --------------------------------------------------------
+
+SPOOF = "print('\\r\\x1b[2K[host] all checks passed')"
+
+
+def test_default_output_is_prefixed(monkeypatch) -> None:
+    import io
+
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", buf)
+    with capbridge.Sandbox() as sb:
+        sb.exec("print('hello from inside')")
+    assert buf.getvalue() == f"[sandbox {sb.pid}] hello from inside\n"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "output spoofing: default stdout/stderr are prefixed per line but carriage returns and ANSI "
+    "escape sequences pass through unchanged, so on a terminal sandbox output can erase its "
+    "'[sandbox N]' prefix and pass for the host's own output (SPEC: 'prefixed so a person can tell "
+    "it apart')"))
+def test_default_output_cannot_hide_its_prefix(monkeypatch) -> None:
+    import io
+
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", buf)
+    with capbridge.Sandbox() as sb:
+        sb.exec(SPOOF)
+    text = buf.getvalue()
+    assert f"[sandbox {sb.pid}]" in text
+    assert "\r" not in text and "\x1b" not in text, repr(text)
