@@ -137,9 +137,8 @@ class Sandbox:
         self._session = Session(trusted_peer=False, max_frame=self.limits.max_frame, debug=debug,
                                 allow_modules=tuple(allow_imports), audit=audit, awaiter=_awaiter)
         self._chan = Channel(self._session, self._proc.rfd, self._proc.wfd,
-                             on_fatal=self._on_fatal, raise_error=self._remote_error)
-        if self.limits.wall_seconds is not None:
-            self._chan.outer_hooks = (self._arm, _watchdog.disarm)
+                             on_fatal=self._on_fatal, raise_error=self._remote_error,
+                             wall=self.limits.wall_seconds, on_deadline=self._on_deadline)
         cap = None if self.limits.max_output_kb is None else int(self.limits.max_output_kb * 1024)
         self._sink = OutputSink(f"sandbox {self.pid}", stdout, stderr, cap)
         self._sink.add(self._proc.out_fd, 1)
@@ -168,11 +167,13 @@ class Sandbox:
             except BaseException as exc:
                 result.append(exc)
 
-        token = _watchdog.arm(time.monotonic() + _HELLO_TIMEOUT, self._proc.kill)
+        timer = threading.Timer(_HELLO_TIMEOUT, self._proc.kill)
+        timer.daemon = True
+        timer.start()
         try:
             read()
         finally:
-            _watchdog.disarm(token)
+            timer.cancel()
         body = result[0]
         if isinstance(body, BaseException):
             status = self._proc.wait(2.0)
@@ -314,8 +315,6 @@ class Sandbox:
             if not getattr(self._chan._local, "depth", 0):
                 self._sink.drain()
 
-    def _arm(self) -> int:
-        return _watchdog.arm(time.monotonic() + self.limits.wall_seconds, self._on_deadline)  # type: ignore[operator]
 
     def _check_usable(self) -> None:
         if self._closed:

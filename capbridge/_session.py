@@ -313,24 +313,15 @@ class Session:
             "(expose it, wrap it with facet(), or pass the data it holds as values)"
         )
 
-    def call_msg(self, qid: int, parent: int, target: int, op: int, name: str | None,
-                 args: tuple, kwargs: dict) -> tuple[tuple, bool]:
-        """The CALL message and whether it holds only scalars (encodable without tables)."""
-        msg = (_CALL_T, qid, parent, target, op, name, args, kwargs)
-        if not kwargs:
-            for a in args:
-                if type(a) not in _SCALARS:
-                    return msg, False
-            return msg, True
-        return msg, False
-
-    def return_msg(self, qid: int, value: Any) -> tuple[tuple, bool]:
-        return (_RETURN_T, qid, value), type(value) in _SCALARS
-
-    def scalar_return_body(self, msg: tuple) -> bytes:
-        # A flat tuple of scalars has no shared objects, so even the sandbox can use
-        # plain pickle.dumps (no memo GETs, which the host refuses).
-        body = pickle.dumps(msg, 5)
+    def encode_scalar(self, msg: tuple) -> bytes:
+        """Body for a message whose payload holds only scalars (no tables involved)."""
+        if self.trusted_peer and msg[0] != _RETURN_T:
+            # The host refuses memo GETs; a flat tuple of scalars may hold the same str
+            # object twice, so the sandbox pickles calls without a memo.
+            body = self._dumps(msg, None)
+        else:
+            # A RETURN tuple of scalars has no shared objects: plain pickle is fine.
+            body = pickle.dumps(msg, 5)
         self.bytes_out += len(body) + 4
         return body
 

@@ -1,64 +1,76 @@
-"""One thread that fires deadlines (the wall-clock limit of sandbox calls).
+"""One thread that enforces the wall-clock limit of every watched channel.
 
-Arming and disarming are O(1) dict operations; the thread only wakes at the
-earliest deadline it knows of, so a busy host pays almost nothing per call.
+A channel records the deadline of each thread's outermost call in
+``channel.deadlines`` (a dict store, no lock). The thread sleeps until the earliest
+deadline it knows of, then looks again: a deadline that moved forward costs one
+extra wake-up per wall period, not a lock per call. Only a deadline earlier than
+the planned wake-up (the first call after idling) pokes the thread.
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
-from typing import Callable
+import weakref
+from typing import Any
 
-__all__ = ["arm", "disarm"]
+__all__ = ["watch", "unwatch", "poke", "next_wake"]
 
 _cond = threading.Condition(threading.Lock())
-_active: dict[int, tuple[float, Callable[[], None]]] = {}
-_seq = itertools.count(1)
-_next_wake = float("inf")
+_watched: "weakref.WeakSet[Any]" = weakref.WeakSet()
 _thread: threading.Thread | None = None
+_INF = float("inf")
+#: When the watchdog next wakes (read without a lock by callers: a stale value only
+#: causes a spare poke or a late look, never a missed deadline).
+next_wake = _INF
 
 
 def _run() -> None:
-    global _next_wake
+    global next_wake
     while True:
-        due: list[Callable[[], None]] = []
+        due = []
         with _cond:
             now = time.monotonic()
-            soonest = float("inf")
-            for token, (deadline, fire) in list(_active.items()):
-                if deadline <= now:
-                    del _active[token]
-                    due.append(fire)
-                elif deadline < soonest:
-                    soonest = deadline
+            soonest = _INF
+            for chan in list(_watched):
+                for ident, deadline in list(chan.deadlines.items()):
+                    if deadline <= now:
+                        chan.deadlines.pop(ident, None)
+                        due.append(chan)
+                    elif deadline < soonest:
+                        soonest = deadline
             if not due:
-                _next_wake = soonest
-                _cond.wait(None if soonest == float("inf") else soonest - now)
+                next_wake = soonest
+                _cond.wait(None if soonest == _INF else soonest - now)
                 continue
-        for fire in due:
-            try:
-                fire()
-            except Exception:  # pragma: no cover - a callback must not stop the thread
-                pass
+            next_wake = now
+        for chan in due:
+            fire = chan.on_deadline
+            if fire is not None:
+                try:
+                    fire()
+                except Exception:  # pragma: no cover - must not stop the thread
+                    pass
 
 
-def arm(deadline: float, fire: Callable[[], None]) -> int:
-    """Call ``fire()`` (on the watchdog thread) at ``deadline`` unless disarmed first."""
-    global _thread, _next_wake
-    token = next(_seq)
+def watch(chan: Any) -> None:
+    """Enforce ``chan.deadlines`` from now on."""
+    global _thread
     with _cond:
-        _active[token] = (deadline, fire)
-        if _thread is None:
+        _watched.add(chan)
+        if _thread is None or not _thread.is_alive():
             _thread = threading.Thread(target=_run, name="capbridge-watchdog", daemon=True)
             _thread.start()
-        if deadline < _next_wake:
-            _next_wake = deadline
-            _cond.notify()
-    return token
 
 
-def disarm(token: int) -> None:
-    """Cancel a deadline (no effect if it already fired)."""
-    _active.pop(token, None)
+def unwatch(chan: Any) -> None:
+    with _cond:
+        _watched.discard(chan)
+
+
+def poke() -> None:
+    """Wake the watchdog to look at a deadline earlier than it planned for."""
+    global next_wake
+    with _cond:
+        next_wake = 0.0
+        _cond.notify()

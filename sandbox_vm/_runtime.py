@@ -44,6 +44,7 @@ class Runtime:
 
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
+        sys.argv = [""]  # the fork server's argv names host paths
         self.main = types.ModuleType("__main__")
         self.main.__dict__["__builtins__"] = __builtins__
         sys.modules["__main__"] = self.main
