@@ -384,7 +384,8 @@ class Sandbox:
         if status.signal == _signal.SIGXCPU:
             return True
         used = status.cpu_seconds if status.cpu_seconds is not None else self._last_usage[0]
-        return status.signal == _signal.SIGKILL and not self._killed_by_us and used >= limit - 0.05
+        # RLIMIT_CPU is enforced at tick granularity and rusage rounds: allow a margin.
+        return status.signal == _signal.SIGKILL and not self._killed_by_us and used >= limit * 0.9 - 0.05
 
     def _near_memory_limit(self) -> bool:
         limit = self.limits.memory_mb
