@@ -382,7 +382,7 @@ CASES: list[Case] = [
     # --- message shape ------------------------------------------------------------------
     Case("bad_tag", lambda c: body(tup(i(9), i(1))), r"unknown message tag 9", strict_too=True),
     Case("tag_true", lambda c: body(tup(NEWTRUE, i(1), i(0), i(1), i(0), s("x"), EMPTY_TUPLE, EMPTY_DICT)),
-         r"unknown message tag True"),
+         r"message tag (must be an int, got bool|True)"),
     Case("tag_str", lambda c: body(tup(s("CALL"), i(1))), r"unknown message tag 'CALL'"),
     Case("not_a_tuple", lambda c: body(EMPTY_LIST), r"expected a tuple, got list"),
     Case("empty_tuple", lambda c: body(EMPTY_TUPLE), r"expected a tuple"),
