@@ -17,6 +17,10 @@ from docutils.parsers.rst import directives
 from sphinx.util.docutils import SphinxDirective
 
 
+#: Stands for the sandbox's own pid in rules that compare pids (not a real pid).
+PLACEHOLDER_PID = 0x7FFF_FFF0
+
+
 def _table(headers: list[str], rows: list[list[str]], widths: list[int]) -> nodes.table:
     table = nodes.table()
     group = nodes.tgroup(cols=len(headers))
@@ -44,13 +48,22 @@ def _table(headers: list[str], rows: list[list[str]], widths: list[int]) -> node
     return table
 
 
-def _condition(rule) -> str:  # noqa: ANN001
+def _value(v: int, pid: int) -> str:
+    if v == pid:
+        return "own pid"
+    return hex(v) if v > 9 else str(v)
+
+
+def _condition(rule, pid: int) -> str:  # noqa: ANN001
     parts = []
     for check in rule.when:
         half = "" if check.half == "lo" else " (high half)"
         if check.op == "in":
-            vals = ", ".join(hex(v) if v > 9 else str(v) for v in check.values)
-            parts.append(f"arg{check.arg}{half} in {{{vals}}}")
+            vals = [_value(v, pid) for v in check.values]
+            if len(vals) == 1:
+                parts.append(f"arg{check.arg}{half} is {vals[0]}")
+            else:
+                parts.append(f"arg{check.arg}{half} in {{{', '.join(vals)}}}")
         elif check.op == "all_set":
             parts.append(f"arg{check.arg}{half} has all bits of {check.values[0]:#x}")
         else:
@@ -67,7 +80,7 @@ class SeccompPolicy(SphinxDirective):
 
         arch = self.options.get("arch") or "x86_64"
         # The pid is a placeholder: rules that compare pids use the sandbox's own.
-        policy = _policy.build_policy(1000, arch)
+        policy = _policy.build_policy(PLACEHOLDER_PID, arch)
         out: list[nodes.Node] = []
         intro = nodes.paragraph()
         intro += nodes.Text(
@@ -82,8 +95,7 @@ class SeccompPolicy(SphinxDirective):
             rows = []
             for rule in group.rules:
                 action = str(rule.action)
-                cond = _condition(rule).replace("arg0 in {1000}", "arg0 is own pid").replace(
-                    "arg0 in {0, 0x3e8}", "arg0 is 0 or own pid")
+                cond = _condition(rule, policy.pid)
                 if cond:
                     action = f"{action} if {cond}, else {rule.otherwise}"
                 rows.append([rule.syscall, action, rule.reason])

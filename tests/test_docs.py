@@ -1,0 +1,68 @@
+"""The documentation builds without warnings and covers the public API."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+sphinx_build = pytest.importorskip("sphinx.cmd.build", reason="sphinx is not installed (pip install -e '.[test]')")
+
+
+def test_docs_build_without_warnings(tmp_path):
+    out = tmp_path / "html"
+    doctrees = tmp_path / "doctrees"
+    rc = sphinx_build.build_main(
+        ["-W", "--keep-going", "-q", "-b", "html", "-d", str(doctrees), str(DOCS), str(out)]
+    )
+    assert rc == 0, "sphinx-build -W failed; run `sphinx-build -W -b html docs docs/_build/html` to see why"
+    for page in ("index", "quickstart", "threat-model", "capabilities", "host-apis", "confinement",
+                 "cli", "api", "protocol", "performance"):
+        assert (out / f"{page}.html").exists(), page
+
+
+def test_api_reference_names_every_public_name():
+    import capbridge
+    import host_apis
+
+    api = (DOCS / "api.rst").read_text()
+    missing = [f"capbridge.{n}" for n in capbridge.__all__ if not re.search(rf"\b{re.escape(n)}\b", api)]
+    missing += [f"host_apis.{n}" for n in host_apis.__all__ if not re.search(rf"\b{re.escape(n)}\b", api)]
+    assert not missing, f"not in docs/api.rst: {missing}"
+
+
+def _spec_error_classes() -> list[str]:
+    spec = ROOT.parent / "shared" / "SPEC.md"
+    if spec.exists():
+        text = spec.read_text()
+        section = text.split("### Errors", 1)[1].split("\n## ", 1)[0]
+        return re.findall(r"^\| `(\w+)`", section, flags=re.M)
+    import capbridge
+
+    return [n for n in capbridge.__all__ if n.endswith(("Error", "Exceeded", "Timeout", "Crashed", "Unavailable"))]
+
+
+def test_every_error_class_is_documented():
+    import capbridge
+
+    names = _spec_error_classes()
+    assert "CapbridgeError" in names
+    api = (DOCS / "api.rst").read_text()
+    table = api.split(".. _errors-table:", 1)[1]
+    for name in names:
+        assert hasattr(capbridge, name), name
+        assert f":class:`{name}`" in table, f"{name} missing from the errors table"
+        assert f".. autoexception:: capbridge.{name}" in api, f"{name} has no autoexception entry"
+
+
+def test_readme_commands_appear_in_the_docs():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```bash\n(.*?)\n```", readme, flags=re.S)
+    assert len(commands) >= 2
+    docs = (DOCS / "index.rst").read_text() + (DOCS / "quickstart.rst").read_text()
+    for cmd in commands[:2]:
+        assert cmd.strip() in docs, f"README command not in docs/index.rst or quickstart.rst: {cmd}"
