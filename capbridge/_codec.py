@@ -109,7 +109,8 @@ _PROTO = 0x80
 _PERSID = -6
 _ARG[_STOP] = _FORBIDDEN  # handled in the slow branch: it must be the last byte
 _ARG[_BINPERSID] = _PERSID
-_ARG_T = tuple(_ARG)
+# Fixed sizes are stored as 1 + argument size (the step to the next opcode).
+_ARG_T = tuple(k + 1 if k >= 0 else k for k in _ARG)
 
 
 def scan(body: bytes) -> bool:
@@ -126,11 +127,11 @@ def scan(body: bytes) -> bool:
     has_pid = False
     from_bytes = int.from_bytes
     while i < n:
-        op = body[i]
-        k = arg[op]
-        if k >= 0:
-            i += 1 + k
+        k = arg[body[i]]
+        if k > 0:
+            i += k
             continue
+        op = body[i]
         if k == _FORBIDDEN:
             if op == _STOP:
                 if i != n - 1:

@@ -171,7 +171,16 @@ def check_message(msg: Any) -> tuple:
     if type(msg) is not tuple or not msg:
         raise _bad(f"expected a tuple, got {type(msg).__name__}")
     tag = msg[0]
-    if tag == Tag.CALL and type(tag) is int:
+    if type(tag) is not int:
+        raise _bad(f"message tag must be an int, got {type(tag).__name__}")
+    if tag == _RETURN:  # the most frequent message: checked first, inline
+        if len(msg) != 3:
+            raise _bad(f"RETURN has {len(msg)} fields, expected 3")
+        qid = msg[1]
+        if type(qid) is not int or not 0 < qid < _MAX_ID:
+            _check_id(qid, "RETURN qid")
+        return msg
+    if tag == _CALL:
         if len(msg) != 8:
             raise _bad(f"CALL has {len(msg)} fields, expected 8")
         _, qid, parent, target, op, name, args, kwargs = msg
@@ -187,17 +196,12 @@ def check_message(msg: Any) -> tuple:
         if type(kwargs) is not dict or any(type(k) is not str for k in kwargs):
             raise _bad("CALL kwargs must be a dict with str keys")
         return msg
-    if tag == Tag.RETURN and type(tag) is int:
-        if len(msg) != 3:
-            raise _bad(f"RETURN has {len(msg)} fields, expected 3")
-        _check_id(msg[1], "RETURN qid")
-        return msg
-    if tag == Tag.RAISE and type(tag) is int:
+    if tag == _RAISE:
         if len(msg) != 3:
             raise _bad(f"RAISE has {len(msg)} fields, expected 3")
         _check_id(msg[1], "RAISE qid")
         return msg
-    if tag == Tag.RELEASE and type(tag) is int:
+    if tag == _RELEASE:
         if len(msg) != 2 or type(msg[1]) is not tuple:
             raise _bad("RELEASE must carry a tuple of (id, count) pairs")
         for pair in msg[1]:
@@ -206,7 +210,7 @@ def check_message(msg: Any) -> tuple:
             _check_id(pair[0], "RELEASE id")
             _check_id(pair[1], "RELEASE count")
         return msg
-    if tag == Tag.HELLO and type(tag) is int:
+    if tag == _HELLO:
         if len(msg) != 3 or type(msg[1]) is not int:
             raise _bad("HELLO must be (tag, version, report)")
         return msg
@@ -214,3 +218,4 @@ def check_message(msg: Any) -> tuple:
 
 
 _OPS = frozenset(int(o) for o in Op)
+_CALL, _RETURN, _RAISE, _RELEASE, _HELLO = (int(t) for t in (Tag.CALL, Tag.RETURN, Tag.RAISE, Tag.RELEASE, Tag.HELLO))

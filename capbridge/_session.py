@@ -50,6 +50,11 @@ from ._tables import Export, Tables
 
 __all__ = ["Session", "ShippedCall", "AuditEvent"]
 
+_loads = pickle.loads
+_loads_untrusted = _codec.loads_untrusted
+_check_message = check_message
+_MAX_DEPTH = _codec.MAX_DEPTH
+
 _CALL_T, _RETURN_T, _RAISE_T, _RELEASE_T = int(Tag.CALL), int(Tag.RETURN), int(Tag.RAISE), int(Tag.RELEASE)
 _OP_CALL, _OP_GET, _OP_SET, _OP_ITER = int(Op.CALL), int(Op.GET), int(Op.SET), int(Op.ITER)
 _SCALARS = frozenset({type(None), bool, int, float, str, bytes})
@@ -359,16 +364,16 @@ class Session:
 
     def decode(self, body: bytes) -> tuple:
         """Message for ``body``, checked and with references resolved."""
-        self.bytes_in += len(body) + 4
+        size = len(body)
+        self.bytes_in += size + 4
         if self.trusted_peer:
             if b"Q" in body:
-                msg = _TrustedUnpickler(io.BytesIO(body), self).load()
-            else:
-                msg = pickle.loads(body)
-            return msg
-        msg, has_refs = _codec.loads_untrusted(body)
-        check_message(msg)
-        if has_refs or len(body) >= _codec.MAX_DEPTH:
+                return _TrustedUnpickler(io.BytesIO(body), self).load()
+            return _loads(body)
+        msg, has_refs = _loads_untrusted(body)
+        _check_message(msg)
+        if has_refs or size >= _MAX_DEPTH:
+            # Depth is at most one level per byte, so small bodies need no walk.
             msg = _codec.resolve(msg, self._resolve_inert)
         return msg
 
