@@ -172,7 +172,7 @@ def check_message(msg: Any) -> tuple:
         raise _bad(f"expected a tuple, got {type(msg).__name__}")
     tag = msg[0]
     if type(tag) is not int:
-        raise _bad(f"message tag must be an int, got {type(tag).__name__}")
+        raise _bad(f"unknown message tag {tag!r:.40}")
     if tag == _RETURN:  # the most frequent message: checked first, inline
         if len(msg) != 3:
             raise _bad(f"RETURN has {len(msg)} fields, expected 3")
