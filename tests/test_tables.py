@@ -1,0 +1,362 @@
+"""Unit tests of the capability tables, and the in-process pair from capbridge.testing."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+
+import pytest
+
+from capbridge import ProtocolError, expose
+from capbridge._tables import ExportTable, ImportTable, Tables
+from capbridge.testing import pair
+
+
+class _Rev:
+    """Stands in for a revoker: only ``revoked`` is read."""
+
+    def __init__(self, name):
+        self.name = name
+        self.revoked = False
+
+    def __repr__(self):
+        return self.name
+
+
+class Obj:
+    pass
+
+
+# --------------------------------------------------------------------------- ExportTable
+
+
+def test_one_id_per_object_and_counted_references():
+    t = ExportTable()
+    a, b = Obj(), Obj()
+    ea = t.export(a, a, None)
+    assert t.export(a, a, None) is ea
+    eb = t.export(b, b, None)
+    assert ea.id != eb.id
+    assert ea.count == 2 and eb.count == 1
+    assert t.get(ea.id) is ea and t.get(eb.id) is eb
+    assert len(t) == 2
+
+
+def test_equal_objects_are_distinct_exports():
+    t = ExportTable()
+    x, y = [1], [1]
+    assert t.export(x, x, None).id != t.export(y, y, None).id
+
+
+def test_counted_release():
+    t = ExportTable()
+    a = Obj()
+    e = t.export(a, a, None)
+    t.export(a, a, None)
+    t.export(a, a, None)
+    assert t.release(e.id, 2) is True
+    assert t.get(e.id) is e and e.count == 1
+    assert t.release(e.id, 1) is True
+    assert t.get(e.id) is None and len(t) == 0
+
+
+def test_over_release_is_rejected_and_changes_nothing():
+    t = ExportTable()
+    a = Obj()
+    e = t.export(a, a, None)
+    t.export(a, a, None)
+    assert t.release(e.id, 3) is False
+    assert t.get(e.id) is e and e.count == 2
+    assert t.release(e.id, 2) is True
+    assert t.release(e.id, 1) is False  # gone now
+    assert t.release(12345, 1) is False  # never existed
+
+
+def test_release_racing_a_new_reference_keeps_the_object():
+    t = ExportTable()
+    a = Obj()
+    e = t.export(a, a, None)  # sent once
+    t.export(a, a, None)  # sent again while the peer's release of the first is in flight
+    assert t.release(e.id, 1)
+    assert t.get(e.id) is e  # the second reference is still live
+
+
+def test_ids_are_never_reused():
+    t = ExportTable()
+    a = Obj()
+    seen = set()
+    for _ in range(50):
+        e = t.export(a, a, None)
+        assert e.id not in seen
+        seen.add(e.id)
+        assert t.release(e.id, 1)
+    b = Obj()
+    assert t.export(b, b, None).id not in seen
+
+
+def test_target_and_iface_are_kept():
+    t = ExportTable()
+    wrapper, target = Obj(), Obj()
+    e = t.export(wrapper, target, "IFACE", iterator=True)
+    assert e.obj is wrapper and e.target is target and e.iface == "IFACE" and e.iterator
+
+
+def test_revokers_intersect_across_paths():
+    t = ExportTable()
+    a = Obj()
+    r1, r2, r3 = _Rev("r1"), _Rev("r2"), _Rev("r3")
+    e = t.export(a, a, None, frozenset({r1, r2}))
+    assert e.revokers == {r1, r2}
+    t.export(a, a, None, frozenset({r2, r3}))
+    assert e.revokers == {r2}
+    r1.revoked = True
+    assert not e.revoked  # r1 no longer guards every path
+    r2.revoked = True
+    assert e.revoked
+
+
+def test_reaching_an_object_unrevocably_clears_its_revokers():
+    t = ExportTable()
+    a = Obj()
+    r = _Rev("r")
+    e = t.export(a, a, None, frozenset({r}))
+    t.export(a, a, None, frozenset())
+    r.revoked = True
+    assert not e.revoked
+    # ... and a later revocable path does not add it back
+    t.export(a, a, None, frozenset({r}))
+    assert not e.revoked
+
+
+def test_export_is_thread_safe():
+    t = ExportTable()
+    objs = [Obj() for _ in range(20)]
+
+    def work():
+        for _ in range(200):
+            for o in objs:
+                t.export(o, o, None)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(t) == 20
+    assert {t.get(e).count for e in list(t._by_id)} == {800}
+
+
+# --------------------------------------------------------------------------- ImportTable
+
+
+class FakeProxy:
+    pass
+
+
+def _maker(made):
+    def make(entry):
+        p = FakeProxy()
+        entry.proxy = weakref.ref(p)
+        made.append(p)
+        return p
+
+    return make
+
+
+def test_receive_makes_one_proxy_and_counts():
+    t = ImportTable()
+    made = []
+    p1 = t.receive(7, _maker(made))
+    p2 = t.receive(7, _maker(made))
+    assert p1 is p2 and len(made) == 1
+    entry = t._by_id[7]
+    assert entry.count == 2 and len(t) == 1
+
+
+def test_dropped_queues_one_release_for_all_references():
+    t = ImportTable()
+    made = []
+    t.receive(7, _maker(made))
+    t.receive(7, _maker(made))
+    t.receive(9, _maker(made))
+    entry = t._by_id[7]
+    t.dropped(entry)
+    assert len(t) == 1
+    assert t.take_releases() == ((7, 2),)
+    assert t.take_releases() == ()
+    t.dropped(entry)  # a second call releases nothing more
+    assert t.take_releases() == ()
+
+
+def test_receive_after_the_proxy_died_starts_afresh():
+    t = ImportTable()
+    made = []
+    p = t.receive(3, _maker(made))
+    old = t._by_id[3]
+    made.clear()
+    del p
+    gc.collect()
+    p2 = t.receive(3, _maker(made))
+    new = t._by_id[3]
+    assert new is not old and new.count == 1 and len(made) == 1
+    # the old entry's late finalizer must not remove the new one
+    t.dropped(old)
+    assert t._by_id[3] is new
+    assert t.take_releases() == ((3, 1),)
+    del p2
+
+
+def test_take_releases_collects_many():
+    t = ImportTable()
+    made = []
+    for n in range(1, 11):
+        t.receive(n, _maker(made))
+    for n in range(1, 11):
+        t.dropped(t._by_id[n])
+    assert sorted(t.take_releases()) == [(n, 1) for n in range(1, 11)]
+
+
+def test_tables_stats_and_qids():
+    tables = Tables()
+    assert tables.stats() == {"exports": 0, "imports": 0, "questions": 0, "answers": 0}
+    ids = [tables.next_qid() for _ in range(5)]
+    assert ids == sorted(set(ids)) and ids[0] >= 1
+
+
+# --------------------------------------------------------------------------- the in-process pair
+
+
+class HostSide:
+    def __init__(self):
+        self.calls = 0
+
+    @expose
+    def bounce(self, n, peer):
+        self.calls += 1
+        if n == 0:
+            return 0
+        return peer.bounce(n - 1, self) + 1
+
+    @expose
+    def add(self, a, b):
+        return a + b
+
+    def secret(self):
+        return "host secret"
+
+
+class Peer:
+    """A sandbox-side object: the host sees it as a proxy."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def bounce(self, n, host):
+        self.calls += 1
+        if n == 0:
+            return 0
+        return host.bounce(n - 1, self) + 1
+
+
+class SandboxBoot:
+    def __init__(self):
+        self.peer = None
+
+    def twice(self, x):
+        return 2 * x
+
+    def use(self, host, a, b):
+        return host.add(a, b)
+
+    def touch_secret(self, host):
+        return host.secret()
+
+    def start(self, n, host):
+        self.peer = Peer()
+        try:
+            return self.peer.bounce(n, host)
+        finally:
+            self.peer = None
+
+    def make_peer(self):
+        return Peer()
+
+    def noop(self):
+        return None
+
+
+def _settle(p):
+    """Let both ends send and process queued releases."""
+    for _ in range(3):
+        gc.collect()
+        p.host.flush_releases()
+        p.sandbox.flush_releases()
+        p.call_bootstrap("noop")
+
+
+@pytest.fixture
+def the_pair():
+    p = pair(SandboxBoot())
+    yield p
+    p.close()
+
+
+def test_calls_host_to_sandbox(the_pair):
+    assert the_pair.call_bootstrap("twice", 21) == 42
+    assert the_pair.call_bootstrap("twice", x="ab") == "abab"
+
+
+def test_calls_sandbox_to_host(the_pair):
+    host = HostSide()
+    assert the_pair.call_bootstrap("use", host, 2, 3) == 5
+
+
+def test_sandbox_cannot_reach_unexposed_host_members(the_pair):
+    from capbridge import RemoteError
+
+    with pytest.raises(RemoteError, match="AttributeError"):
+        the_pair.call_bootstrap("touch_secret", HostSide())
+
+
+def test_host_gets_a_proxy_for_a_sandbox_object(the_pair):
+    from capbridge import Proxy
+
+    peer = the_pair.call_bootstrap("make_peer")
+    assert isinstance(peer, Proxy)
+    assert peer.bounce(0, HostSide()) == 0
+
+
+def test_nested_calls_50_deep_and_tables_empty_after(the_pair):
+    p = the_pair
+    host = HostSide()
+    assert p.call_bootstrap("start", 50, host) == 50
+    assert host.calls == 25  # the host serves the odd levels 49, 47, ..., 1
+    del host
+    _settle(p)
+    assert p.host_session.stats() == {"exports": 0, "imports": 0, "questions": 0, "answers": 0}
+    assert p.sandbox_session.stats() == {"exports": 0, "imports": 0, "questions": 0, "answers": 0}
+
+
+def test_tables_empty_after_plain_calls(the_pair):
+    p = the_pair
+    for n in range(20):
+        assert p.call_bootstrap("use", HostSide(), n, 1) == n + 1
+    peer = p.call_bootstrap("make_peer")
+    assert p.host_session.stats()["imports"] == 1
+    del peer
+    _settle(p)
+    assert p.host_session.stats() == {"exports": 0, "imports": 0, "questions": 0, "answers": 0}
+    assert p.sandbox_session.stats() == {"exports": 0, "imports": 0, "questions": 0, "answers": 0}
+
+
+def test_pair_host_end_is_the_checked_decoder(the_pair):
+    # The host end refuses a hand-made forbidden body like a real host does.
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    import hostile as H
+
+    with pytest.raises(ProtocolError, match="forbidden pickle opcode GLOBAL"):
+        the_pair.host_session.decode(H.call_with(H.global_call("os", "system", H.s("true"))))
