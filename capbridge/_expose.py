@@ -294,10 +294,31 @@ def facet(obj: Any, *names: str) -> Facet:
     """
     if not names:
         raise ValueError("facet() needs at least one name to expose")
+    if isinstance(obj, (Facet, Revocable)):
+        # Narrowing a capability: only names it already offers, and the wrapper stays
+        # in the chain so its revoker (if any) still applies.
+        inner = obj._cb_iface
+        offered = {**inner.methods, **inner.properties, **inner.dunders}
+        missing = [n for n in names if n not in offered]
+        if missing:
+            raise CapabilityError(
+                f"facet() cannot widen a capability: {', '.join(missing)} not offered by it "
+                f"(it offers: {', '.join(sorted(offered)) or 'nothing'})"
+            )
+        iface = Interface(
+            name=inner.name,
+            doc=inner.doc,
+            methods={n: m for n, m in inner.methods.items() if n in names},
+            properties={n: p for n, p in inner.properties.items() if n in names},
+            dunders={n: d for n, d in inner.dunders.items() if n in names},
+            callable="__call__" in names and inner.callable,
+            call_signature=inner.call_signature if "__call__" in names else "",
+        )
+        return Facet(obj, iface)
     methods: dict[str, Member] = {}
     props: dict[str, Prop] = {}
     dunders: dict[str, Member] = {}
-    base = unwrap(obj)[0]
+    base = obj
     cls = type(base)
     for name in names:
         if not isinstance(name, str) or not name.isidentifier():

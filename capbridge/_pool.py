@@ -65,8 +65,12 @@ class SandboxPool:
                     if self._cond.wait(1.0) and self._closed:
                         return
 
-    def take(self, timeout: float | None = 30.0) -> Sandbox:
-        """A fresh sandbox, now yours to close (``sandbox()`` does that for you)."""
+    def take(self) -> Sandbox:
+        """A fresh sandbox, now yours to close (``sandbox()`` does that for you).
+
+        When none is ready (all taken and the replacements still starting), a new
+        one is started right away rather than waiting for the pool.
+        """
         while True:
             with self._cond:
                 if self._closed:

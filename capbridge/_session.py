@@ -163,6 +163,7 @@ class Session:
         self.allow_modules = frozenset(allow_modules)
         self.audit = audit
         self.awaiter = awaiter
+        self._arg_bytes: dict[int, int] = {}  # qid -> body size, for the audit hook
         self.tables = Tables()
         self.channel: Any = None  # the I/O layer proxies call through
         self._iface_keys: dict[int, tuple[int, Any]] = {}
@@ -372,6 +373,8 @@ class Session:
             return _loads(body)
         msg, has_refs = _loads_untrusted(body)
         _check_message(msg)
+        if self.audit is not None and msg[0] == _CALL_T:
+            self._arg_bytes[msg[1]] = size
         if has_refs or size >= _MAX_DEPTH:
             # Depth is at most one level per byte, so small bodies need no walk.
             msg = _codec.resolve(msg, self._resolve_inert)
@@ -464,7 +467,7 @@ class Session:
         self._local.revokers = entry.revokers
         if self.audit is None:
             return self._invoke_checked(entry, op, name, args, kwargs)
-        return self._audited(entry, op, name, args, kwargs)
+        return self._audited(entry, op, name, args, kwargs, qid)
 
     def begin_answer(self) -> frozenset:
         return getattr(self._local, "revokers", frozenset())
@@ -472,7 +475,8 @@ class Session:
     def end_answer(self, saved: frozenset) -> None:
         self._local.revokers = saved
 
-    def _audited(self, entry: Export, op: int, name: Any, args: tuple, kwargs: dict) -> Any:
+    def _audited(self, entry: Export, op: int, name: Any, args: tuple, kwargs: dict,
+                 qid: int = 0) -> Any:
         start = time.perf_counter()
         outcome = "ok"
         try:
@@ -486,7 +490,7 @@ class Session:
                     capability=entry.iface.name if entry.iface else "?",
                     member=name or ("__iter__" if op == _OP_ITER else "__call__"),
                     op=Op(op).name.lower(),
-                    arg_bytes=getattr(self._local, "last_body_len", 0),
+                    arg_bytes=self._arg_bytes.pop(qid, 0),
                     duration=time.perf_counter() - start,
                     outcome=outcome,
                 ))

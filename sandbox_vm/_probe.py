@@ -39,6 +39,25 @@ def probe() -> list[LayerStatus]:
     return [_interpreter(), *_namespace_layers(), _rlimits(), _landlock_layer(), _seccomp_layer()]
 
 
+_STRICT_MISSING: list[str] | None = None
+
+
+def strict_missing() -> list[str]:
+    """What ``strict`` needs and this machine lacks, as readable reasons (cached).
+
+    Only fork-free checks (rlimits, Landlock, seccomp), cheap enough to run before
+    the first sandbox of a process.
+    """
+    global _STRICT_MISSING
+    if _STRICT_MISSING is None:
+        _STRICT_MISSING = [
+            f"{st.layer}: {st.why_not}"
+            for st in (_rlimits(), _landlock_layer(), _seccomp_layer())
+            if not st.available
+        ]
+    return list(_STRICT_MISSING)
+
+
 def _interpreter() -> LayerStatus:
     ok = bool(sys.executable) and os.access(sys.executable, os.X_OK)
     return LayerStatus("fresh interpreter", ok, "required", sys.executable if ok else "",

@@ -45,6 +45,7 @@ class Runtime:
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
         sys.argv = [""]  # the fork server's argv names host paths
+        _install_interactive_builtins()
         self.main = types.ModuleType("__main__")
         self.main.__dict__["__builtins__"] = __builtins__
         sys.modules["__main__"] = self.main
@@ -111,6 +112,25 @@ class Runtime:
 
     def ping(self) -> int:
         return os.getpid()
+
+
+class _Help:
+    """help() as at an interactive prompt (the sandbox starts without ``site``)."""
+
+    def __repr__(self) -> str:
+        return "Type help(object) for help about object."
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import pydoc
+
+        return pydoc.help(*args, **kwargs)
+
+
+def _install_interactive_builtins() -> None:
+    import builtins
+
+    if not hasattr(builtins, "help"):
+        builtins.help = _Help()  # type: ignore[attr-defined]
 
 
 def _flush() -> None:

@@ -538,3 +538,45 @@ def test_bad_arguments():
         Limits(memory_mb=-1)
     with pytest.raises(ValueError, match="grant names"):
         capbridge.Sandbox({"not valid": 1}, confinement="none")
+
+
+def test_facet_of_a_capability_only_narrows_and_keeps_revocation(sandbox_factory):
+    class Db:
+        def read(self):
+            return "data"
+
+        def write(self, v):
+            raise AssertionError("must not be reachable")
+
+    inner = facet(Db(), "read")
+    with pytest.raises(CapabilityError, match="cannot widen"):
+        facet(inner, "write")
+    cap, revoke = revocable(inner)
+    narrowed = facet(cap, "read")
+    sb = sandbox_factory({"db": narrowed})
+    assert sb.eval("db.read()") == "data"
+    revoke()
+    with pytest.raises(RemoteError, match="RevokedError"):
+        sb.eval("db.read()")
+
+
+def test_audit_hook_sees_every_capability_call(sandbox_factory):
+    events = []
+    sb = sandbox_factory({"inventory": Inventory()}, audit=events.append)
+    sb.exec("inventory.add('a', 1)\ninventory.count('a')")
+    try:
+        sb.exec("inventory.add('a', 'x')")
+    except RemoteError:
+        pass
+    assert [(e.capability, e.member, e.outcome) for e in events] == [
+        ("Inventory", "add", "ok"), ("Inventory", "count", "ok"), ("Inventory", "add", "TypeError")]
+    assert all(e.arg_bytes > 0 and e.duration >= 0 for e in events)
+    assert isinstance(events[0], capbridge.AuditEvent)
+
+
+def test_help_builtin_inside(sandbox_factory):
+    out = []
+    sb = sandbox_factory({"inventory": Inventory()}, stdout=out.append)
+    sb.exec("help(inventory)")
+    text = "".join(out)
+    assert "Counts things." in text and "add(self, name" in text
