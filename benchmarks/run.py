@@ -163,7 +163,9 @@ def us(x: float) -> str:
 
 
 def ms(x: float) -> str:
-    return "-" if x != x else f"{x * 1e3:.1f}"
+    if x != x:
+        return "-"
+    return f"{x * 1e3:.3f}" if x < 0.01 else f"{x * 1e3:.1f}"
 
 
 def table(headers: list[str], rows: list[list[str]], title: str) -> str:
@@ -565,6 +567,25 @@ def cold_start(conf: str, n: int) -> list[float]:
     return out
 
 
+PRESTART_SCRIPT = r'''
+import sys, time
+sys.path[:0] = [{paths!r}]
+from sandbox_vm import _spawn
+t0 = time.perf_counter()
+_spawn.prestart()
+print(time.perf_counter() - t0)
+'''
+
+
+def cold_prestart(n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        r = subprocess.run([sys.executable, "-c", PRESTART_SCRIPT.format(paths=os.path.dirname(HERE))],
+                           capture_output=True, text=True, timeout=60)
+        out.append(float(r.stdout.strip().splitlines()[-1]))
+    return out
+
+
 def warm_start(conf: str, n: int) -> list[float]:
     from capbridge import Sandbox
     from sandbox_vm import _spawn
@@ -680,7 +701,12 @@ def main(argv=None) -> int:
             versions.append(f"{mod} {getattr(m, '__version__', '?')}")
         except ImportError:
             versions.append(f"{mod} not installed")
-    print("peers: " + ", ".join(versions))
+    try:
+        rev = subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+    except Exception:
+        rev = ""
+    print("peers: " + ", ".join(versions) + (f"; capbridge at git {rev}" if rev else ""))
 
     placements = [("same CPU", host_cpu)]
     if other_cpu is not None:
@@ -790,6 +816,12 @@ def main(argv=None) -> int:
                                  "-" if target is None else f"<= {target * 1e3:g}", verdict])
                 except Exception as exc:
                     rows.append([f"{conf}, {kind}", str(n), f"failed: {exc}"[:50], "", "", ""])
+        try:
+            ts = [float(x) for x in cold_prestart(n_cold)]
+            rows.append(["fork server alone (cold prestart())", str(n_cold), ms(statistics.median(ts)),
+                         ms(pct(ts, 0.9)), "-", ""])
+        except Exception as exc:
+            rows.append(["fork server alone", "", f"failed: {exc}"[:50], "", "", ""])
         print(table(["sandbox start", "n", "median ms", "p90 ms", "target ms", ""], rows,
                     "3. Sandbox start: request to ready, locked-down sandbox (unpinned)"))
 
