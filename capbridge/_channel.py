@@ -232,7 +232,11 @@ class Channel:
                 self.deadlines.pop(ident, None)
         if reply[0] == _RETURN_T:
             return reply[2]
-        raise self._raise_error(reply[2])
+        try:
+            err = self._raise_error(reply[2])
+        except ProtocolError as exc:  # malformed error data ends the connection
+            raise self.fail(exc) from None
+        raise err
 
     def serve_forever(self) -> None:
         """Serve the peer's calls until the channel ends (the sandbox's main loop)."""

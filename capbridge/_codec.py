@@ -35,7 +35,7 @@ import re
 import uuid
 from typing import Any, Callable
 
-from ._errors import CapabilityError, ProtocolError
+from ._errors import CapabilityError, ProtocolError, safe_repr
 
 __all__ = [
     "scan",
@@ -117,11 +117,16 @@ def scan(body: bytes) -> bool:
     """Check that ``body`` is a pickle made of allowed data opcodes only.
 
     Returns whether it holds persistent ids. Raises :class:`ProtocolError` naming
-    the first forbidden opcode, or a truncated or trailing-garbage body.
+    the first forbidden opcode, or a truncated or trailing-garbage body. Bodies of
+    :data:`MAX_DEPTH` bytes or more are also checked for nesting depth *before*
+    they are unpickled (the unpickler hashes dict keys and set items recursively
+    in C, so a deep tuple there would crash the host).
     """
     n = len(body)
     if n < 3 or body[0] != _PROTO:
         raise ProtocolError("malformed body: not a pickle of protocol 2 or newer")
+    if n >= MAX_DEPTH:
+        return _scan_nested(body)
     arg = _ARG_T
     i = 0
     has_pid = False
@@ -151,6 +156,114 @@ def scan(body: bytes) -> bool:
         i += 1 + width + size
     raise ProtocolError("malformed body: truncated pickle")
 
+
+
+# Opcode classes for the nesting simulation of large bodies.
+_K_SCALAR, _K_EMPTY, _K_MARK, _K_TUPLEN, _K_FROMMARK, _K_APPEND, _K_SETITEM = range(1, 8)
+_K_INTO_MARK, _K_POP, _K_POPMARK, _K_PERSID, _K_NOTHING = range(8, 13)
+_KIND = [0] * 256
+for _name, _kind in {
+    "NONE": _K_SCALAR, "NEWTRUE": _K_SCALAR, "NEWFALSE": _K_SCALAR, "BININT": _K_SCALAR,
+    "BININT1": _K_SCALAR, "BININT2": _K_SCALAR, "LONG1": _K_SCALAR, "LONG4": _K_SCALAR,
+    "BINFLOAT": _K_SCALAR, "SHORT_BINUNICODE": _K_SCALAR, "BINUNICODE": _K_SCALAR,
+    "BINUNICODE8": _K_SCALAR, "SHORT_BINBYTES": _K_SCALAR, "BINBYTES": _K_SCALAR,
+    "BINBYTES8": _K_SCALAR, "BYTEARRAY8": _K_SCALAR,
+    "EMPTY_TUPLE": _K_EMPTY, "EMPTY_LIST": _K_EMPTY, "EMPTY_DICT": _K_EMPTY, "EMPTY_SET": _K_EMPTY,
+    "MARK": _K_MARK, "TUPLE1": _K_TUPLEN, "TUPLE2": _K_TUPLEN, "TUPLE3": _K_TUPLEN,
+    "TUPLE": _K_FROMMARK, "LIST": _K_FROMMARK, "DICT": _K_FROMMARK, "FROZENSET": _K_FROMMARK,
+    "APPEND": _K_APPEND, "SETITEM": _K_SETITEM,
+    "APPENDS": _K_INTO_MARK, "SETITEMS": _K_INTO_MARK, "ADDITEMS": _K_INTO_MARK,
+    "POP": _K_POP, "POP_MARK": _K_POPMARK, "BINPERSID": _K_PERSID,
+    "MEMOIZE": _K_NOTHING, "FRAME": _K_NOTHING, "PROTO": _K_NOTHING,
+}.items():
+    _KIND[ord(next(o.code for o in pickletools.opcodes if o.name == _name))] = _kind
+_KIND_T = tuple(_KIND)
+_TUPLE_N = {0x85: 1, 0x86: 2, 0x87: 3}
+
+
+def _scan_nested(body: bytes) -> bool:
+    """:func:`scan` plus a simulation of the unpickler's stack that tracks how deep
+    every value nests; refuses anything deeper than :data:`MAX_DEPTH`."""
+    n = len(body)
+    arg, kinds = _ARG_T, _KIND_T
+    stack: list[int] = []
+    marks: list[int] = []
+    limit = MAX_DEPTH
+    has_pid = False
+    from_bytes = int.from_bytes
+    i = 0
+    try:
+        while i < n:
+            op = body[i]
+            k = arg[op]
+            kind = kinds[op]
+            if k > 0:
+                i += k
+            elif k == _FORBIDDEN:
+                if op == _STOP:
+                    if i != n - 1:
+                        raise ProtocolError(f"malformed body: {n - i - 1} bytes after STOP")
+                    return has_pid
+                raise ProtocolError(f"forbidden pickle opcode {_NAMES[op]} (0x{op:02x}) at offset {i}")
+            elif k == _PERSID:
+                has_pid = True
+                i += 1
+            else:
+                width = 1 if k == _LEN1 else 4 if k == _LEN4 else 8
+                if i + 1 + width > n:
+                    break
+                i += 1 + width + from_bytes(body[i + 1 : i + 1 + width], "little")
+            if kind == _K_SCALAR:
+                stack.append(0)
+                continue
+            if kind == _K_NOTHING:
+                continue
+            if kind == _K_EMPTY:
+                stack.append(1)
+                continue
+            if kind == _K_MARK:
+                marks.append(len(stack))
+                continue
+            if kind == _K_TUPLEN:
+                count = _TUPLE_N[op]
+                if len(stack) < count:
+                    raise ProtocolError("malformed body: stack underflow")
+                d = max(stack[-count:]) + 1
+                del stack[-count:]
+                stack.append(d)
+            elif kind == _K_FROMMARK:
+                m = marks.pop()
+                d = max(stack[m:], default=0) + 1
+                del stack[m:]
+                stack.append(d)
+            elif kind == _K_APPEND:
+                v = stack.pop()
+                d = stack[-1] = max(stack[-1], v + 1)
+            elif kind == _K_SETITEM:
+                v = stack.pop()
+                key = stack.pop()
+                d = stack[-1] = max(stack[-1], key + 1, v + 1)
+            elif kind == _K_INTO_MARK:
+                m = marks.pop()
+                items = stack[m:]
+                del stack[m:]
+                d = stack[-1] = max(stack[-1], max(items, default=0) + 1)
+            elif kind == _K_POP:
+                stack.pop()
+                continue
+            elif kind == _K_POPMARK:
+                del stack[marks.pop():]
+                continue
+            elif kind == _K_PERSID:
+                d = stack.pop() + 1
+                stack.append(d)
+            else:  # pragma: no cover - every allowed opcode has a kind
+                raise ProtocolError(f"unexpected opcode {_NAMES[op]}")
+            if d > limit:
+                raise ProtocolError(f"message nested deeper than {limit} levels")
+    except IndexError:
+        raise ProtocolError("malformed body: stack underflow") from None
+    raise ProtocolError("malformed body: truncated pickle")
 
 
 class Inert:
@@ -286,7 +399,7 @@ def _decode_tz(data: Any) -> Any:
     if data[0] == "zi" and len(data) == 2 and type(data[1]) is str:
         key = data[1]
         if len(key) > 64 or ".." in key or not _TZ_KEY.match(key):
-            raise ProtocolError(f"bad time zone key {key!r:.70}")
+            raise ProtocolError(f"bad time zone key {safe_repr(key)}")
         import zoneinfo
 
         return zoneinfo.ZoneInfo(key)
@@ -358,7 +471,7 @@ def decode_value_record(kind: Any, payload: Any) -> Any:
         raise
     except (ValueError, TypeError, OverflowError, ArithmeticError, LookupError) as exc:
         raise ProtocolError(f"bad {kind} record: {exc}") from None
-    raise ProtocolError(f"unknown value record kind {kind!r:.40}")
+    raise ProtocolError(f"unknown value record kind {safe_repr(kind)}")
 
 
 # --------------------------------------------------------------------------- exceptions as data

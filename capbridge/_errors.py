@@ -88,6 +88,20 @@ class ConfinementUnavailable(CapbridgeError):
     """This machine cannot give the confinement that was asked for."""
 
 
+def safe_repr(value: object, limit: int = 60) -> str:
+    """A short repr of untrusted data that cannot recurse, raise or grow large."""
+    t = type(value)
+    if t is int:
+        bits = value.bit_length()  # type: ignore[attr-defined]
+        return repr(value) if bits < 128 else f"<int of {bits} bits>"
+    if t in (str, bytes, bytearray):
+        text = repr(value[: limit + 1])  # type: ignore[index]
+        return text if len(value) <= limit else text[:limit] + "..."  # type: ignore[arg-type]
+    if t in (float, bool, type(None)):
+        return repr(value)
+    return f"<{t.__name__}>"
+
+
 for _name in __all__:
     globals()[_name].__module__ = "capbridge"
 del _name

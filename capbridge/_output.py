@@ -79,6 +79,10 @@ class OutputSink:
             self.feed(fd)
 
 
+_VISIBLE_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0, 9), *range(11, 32), 127]}
+_VISIBLE_CONTROLS.update({0x9B: "\\x9b"})  # the one-byte CSI
+
+
 class _Stream:
     def __init__(self, sink: OutputSink, which: int, target: Any) -> None:
         self.sink = sink
@@ -105,6 +109,9 @@ class _Stream:
         if not text:
             return
         if self.prefix_lines:
+            # On a terminal, carriage returns and escape sequences could erase the
+            # prefix and pass sandbox output off as the host's: show them as escapes.
+            text = text.translate(_VISIBLE_CONTROLS)
             tag = f"[{self.sink.label}{'' if self.which == 1 else ' stderr'}] "
             out = []
             for line in text.splitlines(keepends=True):

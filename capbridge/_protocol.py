@@ -27,7 +27,7 @@ import enum
 import struct
 from typing import Any, NamedTuple
 
-from ._errors import ProtocolError
+from ._errors import ProtocolError, safe_repr
 
 __all__ = [
     "Tag",
@@ -160,7 +160,7 @@ def _bad(what: str) -> ProtocolError:
 
 def _check_id(value: Any, field: str, *, zero_ok: bool = False) -> None:
     if type(value) is not int or not ((0 if zero_ok else 1) <= value < _MAX_ID):
-        raise _bad(f"{field} must be a positive int, got {type(value).__name__} {value!r:.40}")
+        raise _bad(f"{field} must be a positive int, got {type(value).__name__} {safe_repr(value)}")
 
 
 def check_message(msg: Any) -> tuple:
@@ -172,7 +172,7 @@ def check_message(msg: Any) -> tuple:
         raise _bad(f"expected a tuple, got {type(msg).__name__}")
     tag = msg[0]
     if type(tag) is not int:
-        raise _bad(f"unknown message tag {tag!r:.40}")
+        raise _bad(f"unknown message tag {safe_repr(tag)}")
     if tag == _RETURN:  # the most frequent message: checked first, inline
         if len(msg) != 3:
             raise _bad(f"RETURN has {len(msg)} fields, expected 3")
@@ -188,7 +188,7 @@ def check_message(msg: Any) -> tuple:
         _check_id(parent, "CALL parent", zero_ok=True)
         _check_id(target, "CALL target", zero_ok=True)
         if type(op) is not int or op not in _OPS:
-            raise _bad(f"CALL op {op!r:.40} is unknown")
+            raise _bad(f"CALL op {safe_repr(op)} is unknown")
         if name is not None and (type(name) is not str or len(name) > MAX_NAME):
             raise _bad("CALL name must be None or a short str")
         if type(args) is not tuple:
@@ -214,7 +214,7 @@ def check_message(msg: Any) -> tuple:
         if len(msg) != 3 or type(msg[1]) is not int:
             raise _bad("HELLO must be (tag, version, report)")
         return msg
-    raise _bad(f"unknown message tag {tag!r:.40}")
+    raise _bad(f"unknown message tag {safe_repr(tag)}")
 
 
 _OPS = frozenset(int(o) for o in Op)

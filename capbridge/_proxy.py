@@ -41,6 +41,7 @@ class InterfaceDesc:
 
 
 _MAX_TEXT = 64 * 1024
+_IDENTITY_DUNDERS = frozenset({"__eq__", "__ne__", "__hash__"})
 _MAX_MEMBERS = 2048
 
 
@@ -59,6 +60,10 @@ def _member_name(value: Any, *, dunder_ok: bool) -> str:
             raise ProtocolError(f"bad interface descriptor: special member {value!r:.60} is not allowed")
     elif dunder_ok:
         raise ProtocolError(f"bad interface descriptor: {value!r:.60} listed as a special method")
+    if value in _IDENTITY_DUNDERS:
+        # The host hashes and compares proxies while decoding (sets, dict keys):
+        # that must never turn into a call into the sandbox.
+        raise ProtocolError(f"bad interface descriptor: {value} cannot be forwarded to the host")
     return value
 
 

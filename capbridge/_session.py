@@ -32,6 +32,7 @@ from ._errors import (
     ProtocolError,
     RemoteError,
     RevokedError,
+    safe_repr,
 )
 from ._expose import (
     Interface,
@@ -389,7 +390,7 @@ class Session:
             eid = pid[1]
             entry = self.tables.exports.get(eid) if type(eid) is int else None
             if entry is None:
-                raise ProtocolError(f"reference to unknown export id {eid!r:.30}")
+                raise ProtocolError(f"reference to unknown export id {safe_repr(eid)}")
             return entry.obj
         if kind == "c" and len(pid) == 4:
             _, eid, key, desc = pid
@@ -402,7 +403,7 @@ class Session:
             if vkind == "vt":
                 return self._value_from_sandbox(payload)
             return _codec.decode_value_record(vkind, payload)
-        raise ProtocolError(f"unknown reference kind {kind!r:.20}")
+        raise ProtocolError(f"unknown reference kind {safe_repr(kind)}")
 
     def _value_from_sandbox(self, payload: Any) -> Any:
         if type(payload) is not tuple or len(payload) != 4 or type(payload[0]) is not str \
@@ -411,9 +412,9 @@ class Session:
         name, fields, values, _is_tuple = payload
         vt = value_type_named(name)
         if vt is None:
-            raise ProtocolError(f"value type {name!r:.60} is not registered on the host")
+            raise ProtocolError(f"value type {safe_repr(name)} is not registered on the host")
         if fields != vt.fields or len(values) != len(fields):
-            raise ProtocolError(f"value type {name!r:.60} arrived with fields {fields!r:.200}")
+            raise ProtocolError(f"value type {safe_repr(name)} arrived with other fields than registered")
         try:
             return vt.cls(*values)
         except Exception as exc:
@@ -672,6 +673,9 @@ def _value_in_sandbox(name: str, fields: tuple, values: tuple, is_tuple: bool = 
 
 
 _SANDBOX_IFACES: dict[Any, Interface] = {}
+#: Host-side proxies of sandbox objects compare and hash by identity: the host's
+#: decoder builds sets and dicts, and must never call into the sandbox to do it.
+_IDENTITY_DUNDERS = frozenset({"__eq__", "__ne__", "__hash__"})
 _FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.BuiltinMethodType)
 _METHODS = (types.FunctionType, types.BuiltinFunctionType, staticmethod, classmethod,
             types.MethodDescriptorType, types.WrapperDescriptorType)
@@ -718,9 +722,9 @@ def _open_interface(t: type, obj: Any) -> Interface:
         except AttributeError:
             continue
         if name.startswith("__") and name.endswith("__"):
-            if name in ALLOWED_DUNDERS and isinstance(static, _METHODS) and static is not getattr(
-                object, name, None
-            ):
+            if name in ALLOWED_DUNDERS and name not in _IDENTITY_DUNDERS and isinstance(
+                static, _METHODS
+            ) and static is not getattr(object, name, None):
                 dunders[name] = Member("", "")
             continue
         if name.startswith("_"):
@@ -729,9 +733,6 @@ def _open_interface(t: type, obj: Any) -> Interface:
             methods[name] = Member(_doc_of(static), "")
     is_callable = "__call__" in dunders
     dunders.pop("__call__", None)
-    if "__eq__" in dunders and "__hash__" not in dunders:
-        dunders.pop("__eq__")
-        dunders.pop("__ne__", None)
     return Interface(name=t.__name__[:200], doc=_doc_of(t), methods=methods, properties={},
                      dunders=dunders, callable=is_callable)
 

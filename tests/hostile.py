@@ -349,19 +349,12 @@ CASES: list[Case] = [
          r"nested deeper than 100 levels"),
     Case("deep_qid_repr", lambda c: body(tup(i(T_CALL), EMPTY_TUPLE + TUPLE1 * 100_000, i(0), i(1), i(0),
                                                s("x"), EMPTY_TUPLE, EMPTY_DICT)),
-         r"(nested too deeply|nested deeper than 100|qid must be)",
-         xfail="Session.decode lets RecursionError escape: check_message formats the repr of a "
-               "100k-deep tuple qid (the channel converts it, the sans-IO API does not)"),
+         r"(nested too deeply|nested deeper than 100|qid must be)"),
     Case("huge_int_qid", lambda c: body(tup(i(T_CALL), i(10 ** 5000), i(0), i(1), i(0),
                                               s("x"), EMPTY_TUPLE, EMPTY_DICT)),
-         r"CALL qid must be a positive int",
-         xfail="check_message formats repr() of a >4300-digit int: ValueError (int max str digits) "
-               "instead of ProtocolError; over the channel it becomes SandboxCrashed",
-         xfail_e2e="same: the host raises SandboxCrashed (cause ValueError), not ProtocolError"),
+         r"CALL qid must be a positive int"),
     Case("huge_int_ref_id", lambda c: call_with(ref(i(10 ** 5000))),
-         r"reference to unknown export id",
-         xfail="_resolve_inert formats repr() of a >4300-digit export id: ValueError, not ProtocolError",
-         xfail_e2e="same: the host raises SandboxCrashed (cause ValueError), not ProtocolError"),
+         r"reference to unknown export id"),
     # --- pickle structure -----------------------------------------------------------------
     Case("truncated_pickle", lambda c: call()[:-3], r"malformed body: truncated pickle", strict_too=True),
     Case("truncated_length_arg", lambda c: PROTO + BINUNICODE + b"\xff\xff", r"truncated pickle"),
@@ -499,15 +492,11 @@ CASES: list[Case] = [
     # --- exception data in RAISE -----------------------------------------------------
     Case("raise_bad_types",
          lambda c: body(tup(i(T_RAISE), QID, tup(i(1), s("args"), NONE, NONE, NONE))),
-         r"malformed error data", stage="error", needs_qid=True,
-         xfail_e2e="a RAISE with malformed error data raises ProtocolError at the call site "
-                   "but does not end the sandbox (Channel.call raises it without Channel.fail)"),
+         r"malformed error data", stage="error", needs_qid=True),
     Case("raise_10mb_message",
          lambda c: body(tup(i(T_RAISE), QID, tup(s("ValueError"), EMPTY_TUPLE, s("m" * 10_000_000),
                                                   s(""), EMPTY_DICT))),
-         r"malformed error data", stage="error", needs_qid=True,
-         xfail_e2e="a RAISE with a 10 MB message raises ProtocolError at the call site "
-                   "but does not end the sandbox"),
+         r"malformed error data", stage="error", needs_qid=True),
 ]
 
 CASES_BY_NAME = {c.name: c for c in CASES}

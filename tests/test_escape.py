@@ -603,13 +603,6 @@ def test_memory_bomb_control_allocation_is_real() -> None:
         assert sb.eval(BIG_ALLOC) == 1 << 30
 
 
-CPU_MAPPING_BUG = (
-    "intermittent wrong error mapping under CPU contention (~20-25% of runs on a loaded 2-vCPU VM): "
-    "the kernel kills the sandbox at RLIMIT_CPU (SIGKILL, pid-namespace init) by its tick-sampled "
-    "CPU time, but the CPU time the fork server reports from wait4() is then 0.65-0.93 s for a 1 s "
-    "limit, below the 'limit - 0.05' threshold in Sandbox._cpu_exhausted, so the host raises "
-    "SandboxCrashed instead of CPULimitExceeded"
-)
 
 
 def _cpu_loop_outcome() -> tuple[BaseException, float]:
@@ -627,14 +620,11 @@ def _cpu_loop_outcome() -> tuple[BaseException, float]:
 def test_cpu_loop_is_cpu_limit_exceeded() -> None:
     err, elapsed = _cpu_loop_outcome()
     assert 0.5 < elapsed < 15, elapsed
-    if isinstance(err, capbridge.SandboxCrashed) and err.signal == signal.SIGKILL:
-        pytest.xfail(CPU_MAPPING_BUG)  # the known bug; anything else below is a new one
     assert isinstance(err, capbridge.CPULimitExceeded), repr(err)
     assert isinstance(err, capbridge.ResourceLimitExceeded)
     assert "cpu_seconds=1" in str(err) and "CPU" in str(err)
 
 
-@pytest.mark.xfail(strict=False, reason=CPU_MAPPING_BUG)
 def test_cpu_limit_mapping_is_reliable() -> None:
     for _ in range(5):
         err, _ = _cpu_loop_outcome()
@@ -871,11 +861,6 @@ def test_memory_in_use_is_real() -> None:
         assert 400 <= sb.stats()["peak_memory_mb"] < 512
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "wrong error mapping: capbridge._sandbox.Sandbox._on_fatal maps any SIGSEGV/SIGABRT/SIGBUS to "
-    "MemoryLimitExceeded once peak RSS reached 80% of memory_mb, so a NULL dereference in a sandbox "
-    "that merely uses a lot of (permitted) memory is reported as 'ran out of memory' (the peak is "
-    "sampled by stats(), so a host that monitors its sandboxes sees the wrong error)"))
 def test_null_deref_with_much_memory_in_use_is_still_a_crash() -> None:
     sb = capbridge.Sandbox(limits=Limits(memory_mb=512))
     sb.exec(TOUCH_400_MB)
@@ -901,11 +886,6 @@ def test_default_output_is_prefixed(monkeypatch) -> None:
     assert buf.getvalue() == f"[sandbox {sb.pid}] hello from inside\n"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "output spoofing: default stdout/stderr are prefixed per line but carriage returns and ANSI "
-    "escape sequences pass through unchanged, so on a terminal sandbox output can erase its "
-    "'[sandbox N]' prefix and pass for the host's own output (SPEC: 'prefixed so a person can tell "
-    "it apart')"))
 def test_default_output_cannot_hide_its_prefix(monkeypatch) -> None:
     import io
 

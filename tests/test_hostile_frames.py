@@ -403,9 +403,6 @@ except ProtocolError as e:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="HOST CRASH: a 1M-deep tuple used as a dict key (or set "
-                   "item) is hashed by the C unpickler during SETITEM; tuple hash recurses in C "
-                   "with no depth guard and the host segfaults before resolve() checks depth")
 def test_deep_tuple_dict_key_does_not_crash_the_host_sans_io():
     r = subprocess.run([sys.executable, "-c", _DEEP_HASH_SANS_IO.format(tests=os.path.dirname(__file__))],
                        capture_output=True, text=True, timeout=60)
@@ -430,8 +427,6 @@ sb.close()
 """
 
 
-@pytest.mark.xfail(strict=True, reason="HOST CRASH end to end: a sandbox writes a set holding a "
-                   "1M-deep tuple (ADDITEMS hashes it); the host process segfaults")
 def test_deep_tuple_set_item_does_not_crash_the_host_e2e():
     r = subprocess.run([sys.executable, "-c", _DEEP_HASH_E2E.format(tests=os.path.dirname(__file__))],
                        capture_output=True, text=True, timeout=60)
@@ -467,9 +462,6 @@ def test_value_type_record_from_the_sandbox_is_accepted():
     assert type(probe) is _DepthProbe and probe.x == ((((((),),),),),)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="depth limit bypass: resolve() restarts at depth 0 inside each "
-                   "('v', kind, payload) record, so records nested in records multiply MAX_DEPTH")
 def test_value_record_nesting_counts_toward_depth_limit():
     from capbridge._codec import MAX_DEPTH
 
@@ -486,9 +478,6 @@ def _proxy_set_frame(dunders: tuple[str, ...]) -> bytes:
     return H.call_with(H.EMPTY_SET + H.MARK + H.cref(5, 9, desc) + H.ADDITEMS)
 
 
-@pytest.mark.xfail(strict=True, reason="a sandbox capability whose interface lists __eq__ but not "
-                   "__hash__, sent inside a set or as a dict key, makes resolve() raise TypeError "
-                   "(unhashable proxy) instead of ProtocolError")
 def test_unhashable_proxy_in_set_is_a_protocol_error():
     session, _, cap_id = _host_session()
     with pytest.raises(ProtocolError):
@@ -504,10 +493,6 @@ class _Recorder:
         raise AssertionError("the decoder called into the sandbox")
 
 
-@pytest.mark.xfail(strict=True, reason="decoding a set (or dict) that holds a sandbox capability "
-                   "with __hash__/__eq__ calls proxy.__hash__ -> a CALL into the sandbox from "
-                   "inside the decoder, with the channel's read lock held (end to end: the host "
-                   "thread deadlocks until Limits.wall_seconds)")
 def test_decoder_never_calls_into_the_sandbox():
     session, _, cap_id = _host_session()
     rec = _Recorder()
@@ -549,11 +534,6 @@ sb.close()
 """
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="HOST HANG: ordinary sandbox code passing a set of its own hashable "
-                   "objects to a host method makes the host's decoder call proxy.__hash__ -> a "
-                   "CALL into the sandbox while the same thread holds the channel's read lock; "
-                   "the thread waits forever (the wall-clock kill does not wake it)")
 def test_e2e_set_of_sandbox_objects_does_not_hang_the_host():
     try:
         r = subprocess.run([sys.executable, "-c", _SET_HANG_E2E], capture_output=True, text=True,
