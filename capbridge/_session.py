@@ -51,6 +51,10 @@ from ._tables import Export, Tables
 
 __all__ = ["Session", "ShippedCall", "AuditEvent"]
 
+try:
+    from zoneinfo import ZoneInfo as _ZoneInfo
+except ImportError:  # pragma: no cover
+    _ZoneInfo = None  # type: ignore[assignment,misc]
 _loads = pickle.loads
 _loads_untrusted = _codec.loads_untrusted
 _check_message = check_message
@@ -116,26 +120,32 @@ class _Encoding:
 
 
 class _FastPickler:
-    """A reusable memo-free pickler (what the host's scanner accepts)."""
+    """Reusable memo-free picklers (what the host's scanner accepts).
+
+    Two of them: once a C pickler has had ``persistent_id`` set, it calls a Python
+    hook for every object, so the scalar path keeps one that never had one.
+    """
 
     def __init__(self) -> None:
         self.buf = io.BytesIO()
-        self.pickler = pickle.Pickler(self.buf, 5)
-        self.pickler.fast = True
+        self.plain = pickle.Pickler(self.buf, 5)
+        self.plain.fast = True
+        self.hooked = pickle.Pickler(self.buf, 5)
+        self.hooked.fast = True
 
     def dumps(self, obj: Any, pid: Callable[[Any], Any] | None) -> bytes:
         buf = self.buf
         buf.seek(0)
         buf.truncate()
-        p = self.pickler
         if pid is not None:
+            p = self.hooked
             p.persistent_id = pid
             try:
                 p.dump(obj)
             finally:
                 p.persistent_id = _no_pid
         else:
-            p.dump(obj)
+            self.plain.dump(obj)
         return buf.getvalue()
 
 
@@ -240,6 +250,11 @@ class Session:
             return self._export(obj, iterator=True)
         if isinstance(obj, type) and obj in _STDLIB_VALUES and not self.trusted_peer:
             return None  # a class pickle names while reducing a by-value object
+        if _ZoneInfo is not None and not self.trusted_peer and (
+            obj is _ZoneInfo or t is _ZoneInfo or obj is getattr
+            or getattr(obj, "__self__", None) is _ZoneInfo
+        ):
+            return None  # a datetime's ZoneInfo crosses by key (pickle uses getattr)
         if isinstance(obj, Proxy):
             if obj._cb_chan is not self.channel:
                 raise CapabilityError("a proxy from another sandbox cannot be passed to this one")

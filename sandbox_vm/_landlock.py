@@ -122,8 +122,19 @@ def rule_paths(allow_imports: tuple[str, ...]) -> list[str]:
     paths += dynload + shared_libraries(dynload)
     for name in (*BASE_PACKAGES, *allow_imports):
         paths += _package_paths(name)
+    # The public time-zone database, so datetimes with a ZoneInfo work inside.
+    paths += [p for p in _zoneinfo_dirs() if os.path.isdir(p)]
     seen: set[str] = set()
     return [p for p in paths if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+
+
+def _zoneinfo_dirs() -> list[str]:
+    try:
+        import zoneinfo
+
+        return [p for p in zoneinfo.TZPATH if os.path.isabs(p)]
+    except Exception:  # pragma: no cover
+        return []
 
 
 def _elf_needed(path: str) -> list[str]:

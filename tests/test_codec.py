@@ -406,11 +406,6 @@ class Clock:
         return dt.datetime(2024, 7, 14, 12, 0, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
 
 
-@pytest.mark.xfail(strict=True, raises=capbridge.RemoteError,
-                   reason="host -> sandbox: a datetime with a zoneinfo.ZoneInfo tzinfo is pickled "
-                   "normally and its ZoneInfo reaches persistent_id -> CapabilityError "
-                   "'zoneinfo.ZoneInfo cannot cross into the sandbox' (SPEC: datetime types "
-                   "cross by value; sandbox -> host works)")
 def test_zoneinfo_datetime_from_the_host():
     pytest.importorskip("zoneinfo")
     sb = _sandbox(grants={"clock": Clock()}, confinement="none", limits=Limits(wall_seconds=20))
