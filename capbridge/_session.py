@@ -14,6 +14,7 @@ sandbox's session trusts its peer, the host.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import io
 import itertools
@@ -57,6 +58,8 @@ except ImportError:  # pragma: no cover
     _ZoneInfo = None  # type: ignore[assignment,misc]
 _loads = pickle.loads
 _loads_untrusted = _codec.loads_untrusted
+_scan = _codec.scan
+_SafeUnpickler = _codec.SafeUnpickler
 _check_message = check_message
 _MAX_DEPTH = _codec.MAX_DEPTH
 
@@ -335,6 +338,26 @@ class Session:
             "(expose it, wrap it with facet(), or pass the data it holds as values)"
         )
 
+    def scalar_call_encoder(self) -> Callable[[tuple], bytes]:
+        """A function encoding a CALL whose arguments are all scalars (counts bytes)."""
+        if self.trusted_peer:
+            def encode(msg: tuple) -> bytes:
+                body = self._dumps(msg, None)
+                self.bytes_out += len(body) + 4
+                return body
+        else:
+            dumps = pickle.dumps
+
+            def encode(msg: tuple) -> bytes:
+                body = dumps(msg, 5)
+                self.bytes_out += len(body) + 4
+                return body
+        return encode
+
+    def scalar_return_encoder(self) -> Callable[[tuple], bytes]:
+        """``pickle.dumps`` for a RETURN of one scalar (no shared objects, no memo GETs)."""
+        return functools.partial(pickle.dumps, protocol=5)
+
     def encode_scalar(self, msg: tuple) -> bytes:
         """Body for a message whose payload holds only scalars (no tables involved)."""
         if self.trusted_peer and msg[0] != _RETURN_T:
@@ -387,8 +410,17 @@ class Session:
             if b"Q" in body:
                 return _TrustedUnpickler(io.BytesIO(body), self).load()
             return _loads(body)
-        msg, has_refs = _loads_untrusted(body)
-        _check_message(msg)
+        has_refs = _scan(body)
+        try:
+            msg = _SafeUnpickler(io.BytesIO(body)).load() if has_refs else _loads(body)
+        except ProtocolError:
+            raise
+        except RecursionError:
+            raise ProtocolError("malformed body: nested too deeply") from None
+        except Exception as exc:
+            raise ProtocolError(f"malformed body: {type(exc).__name__}: {str(exc)[:200]}") from None
+        if type(msg) is not tuple or len(msg) != 3 or msg[0] != _RETURN_T or type(msg[1]) is not int:
+            _check_message(msg)
         if self.audit is not None and msg[0] == _CALL_T:
             self._arg_bytes[msg[1]] = size
         if has_refs or size >= _MAX_DEPTH:
