@@ -15,6 +15,7 @@ calls.
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
@@ -37,6 +38,7 @@ _monotonic = time.monotonic
 _get_ident = threading.get_ident
 _os_write = os.write
 _os_readv = os.readv
+_iscoroutine = inspect.iscoroutine
 
 
 class ChannelClosed(SandboxError):
@@ -97,6 +99,8 @@ class Channel:
         self._next_qid = session.tables.next_qid
         self._trusted = session.trusted_peer
         self._encode_scalar_call = session.scalar_call_encoder()
+        #: Whether plain method calls may take the inline serving path.
+        self._plain_serve = session.trusted_peer or session.audit is None
         self._dumps5 = session.scalar_return_encoder()
         self.calls_out = 0
         self.wall = wall
@@ -357,12 +361,16 @@ class Channel:
         raise self.fail(ProtocolError(f"unexpected message tag {tag!r:.20}"))
 
     def _serve(self, msg: tuple) -> None:
-        if self._trusted and msg[4] == 0 and msg[3] and not self._pending:
-            # The sandbox serving the host's plain method call: written out inline.
+        if msg[4] == 0 and msg[3] and not self._pending and self._plain_serve:
+            # A plain method call: written out inline. On the host only for an
+            # exposed method of an entry with no revokers, when no audit hook runs.
             session = self.session
             entry = session.tables.exports.get(msg[3])
             name = msg[5]
-            if entry is not None and name is not None and name[:2] != "__":
+            if entry is not None and name is not None and (
+                name[:2] != "__" if self._trusted
+                else not entry.revokers and entry.iface is not None and name in entry.iface.methods
+            ):
                 qid = msg[1]
                 session.calls_in += 1
                 local = self._local
@@ -375,6 +383,8 @@ class Channel:
                 try:
                     try:
                         result = getattr(entry.target, name)(*msg[6], **msg[7])
+                        if not self._trusted and type(result) not in _SCALARS and _iscoroutine(result):
+                            result = session.await_coroutine(result, entry, name)
                     except BaseException as exc:
                         if self._dead is not None and exc is self._dead:
                             raise
@@ -386,12 +396,18 @@ class Channel:
                         with self._send_lock:
                             self._write_frame(body)
                     else:
+                        saved = None if self._trusted else session.begin_answer()
+                        if saved is not None:
+                            session.end_answer(frozenset())  # this entry has no revokers
                         try:
                             self._send((_RETURN_T, qid, result), False)
                         except CapbridgeError as exc:
                             if self._dead is not None:
                                 raise
                             self._reply_error(qid, exc)
+                        finally:
+                            if saved is not None:
+                                session.end_answer(saved)
                 finally:
                     stack.pop()
                     del answers[qid]

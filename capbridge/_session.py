@@ -341,8 +341,19 @@ class Session:
     def scalar_call_encoder(self) -> Callable[[tuple], bytes]:
         """A function encoding a CALL whose arguments are all scalars (counts bytes)."""
         if self.trusted_peer:
+            dumps5 = pickle.dumps
+            slow = self._dumps
+
             def encode(msg: tuple) -> bytes:
-                body = self._dumps(msg, None)
+                # pickle.dumps memoizes str and bytes; the same object twice would
+                # become a memo GET, which the host refuses. Use the memo-free
+                # pickler unless that cannot happen.
+                name = msg[5]
+                strs = [a for a in msg[6] if type(a) is str or type(a) is bytes]
+                if not strs or (len(strs) == 1 and strs[0] is not name):
+                    body = dumps5(msg, 5)
+                else:
+                    body = slow(msg, None)
                 self.bytes_out += len(body) + 4
                 return body
         else:
@@ -549,12 +560,16 @@ class Session:
         result = self._invoke_member(entry, op, name, args, kwargs)
         if type(result) in _SCALARS or not inspect.iscoroutine(result):
             return result
+        return self.await_coroutine(result, entry, name)
+
+    def await_coroutine(self, coro: Any, entry: Export, name: Any) -> Any:
+        """Run what an ``async def`` capability returned (AsyncSandbox only)."""
         if self.awaiter is None:
-            result.close()
+            coro.close()
             raise TypeError(
                 f"{entry.iface.name}.{name} is async: async capabilities need an AsyncSandbox"
             )
-        return self.awaiter(result)
+        return self.awaiter(coro)
 
     def _invoke_member(self, entry: Export, op: int, name: Any, args: tuple, kwargs: dict) -> Any:
         obj = entry.target

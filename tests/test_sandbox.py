@@ -580,3 +580,17 @@ def test_help_builtin_inside(sandbox_factory):
     sb.exec("help(inventory)")
     text = "".join(out)
     assert "Counts things." in text and "add(self, name" in text
+
+
+def test_repeated_strings_in_scalar_calls(sandbox_factory):
+    class Api:
+        @expose
+        def echo(self, *args):
+            return list(args)
+
+    sb = sandbox_factory({"api": Api()})
+    # The same str object twice (and equal to the method name) must not become a
+    # pickle memo reference, which the host's decoder refuses.
+    assert sb.eval("api.echo('x', 'x')") == ["x", "x"]
+    assert sb.eval("api.echo('echo')") == ["echo"]
+    assert sb.eval("(lambda s: api.echo(s, s, b'y', b'y'))('zz')") == ["zz", "zz", b"y", b"y"]
