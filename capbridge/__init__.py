@@ -37,17 +37,28 @@ __all__ = [
     "ConfinementUnavailable",
 ]
 
-from ._aio import AsyncSandbox
-from ._pool import SandboxPool
 from ._proxy import Proxy
 from ._sandbox import Limits, Sandbox
 from ._session import AuditEvent
 
 __all__ += ["Sandbox", "AsyncSandbox", "SandboxPool", "Limits", "Proxy", "AuditEvent"]
 
-for _obj in (Sandbox, AsyncSandbox, SandboxPool, Limits, Proxy, AuditEvent):
+for _obj in (Sandbox, Limits, Proxy, AuditEvent):
     _obj.__module__ = "capbridge"
 del _obj
+
+
+def __getattr__(name: str) -> object:
+    # AsyncSandbox pulls in asyncio; the sandbox side never needs it.
+    if name == "AsyncSandbox":
+        from ._aio import AsyncSandbox as value
+    elif name == "SandboxPool":
+        from ._pool import SandboxPool as value
+    else:
+        raise AttributeError(f"module 'capbridge' has no attribute {name!r}")
+    value.__module__ = "capbridge"
+    globals()[name] = value
+    return value
 
 #: Inside the sandbox: the grants, by name (empty on the host).
 grants: dict = {}

@@ -15,8 +15,8 @@ calls.
 
 from __future__ import annotations
 
-import inspect
 import os
+import types
 import threading
 import time
 from typing import Any, Callable
@@ -38,7 +38,8 @@ _monotonic = time.monotonic
 _get_ident = threading.get_ident
 _os_write = os.write
 _os_readv = os.readv
-_iscoroutine = inspect.iscoroutine
+def _iscoroutine(obj: Any, _coro: type = types.CoroutineType) -> bool:
+    return isinstance(obj, _coro)
 
 
 class ChannelClosed(SandboxError):

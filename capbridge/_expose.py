@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import threading
 import types
 import weakref
@@ -131,11 +130,15 @@ _INTERFACES_LOCK = threading.Lock()
 
 
 def _doc(obj: Any) -> str:
+    import inspect
+
     return inspect.getdoc(obj) or ""
 
 
 def _signature(fn: Any, *, drop_first: bool = False) -> str:
     try:
+        import inspect
+
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return "(*args, **kwargs)"
@@ -332,6 +335,8 @@ def facet(obj: Any, *names: str) -> Facet:
                 raise AttributeError(f"{cls.__name__} has no attribute {name!r}")
             dunders[name] = Member(_doc(fn), _signature(fn, drop_first=True))
             continue
+        import inspect
+
         class_attr = inspect.getattr_static(base, name, None)
         if isinstance(class_attr, property):
             props[name] = Prop(_doc(class_attr), class_attr.fset is not None)

@@ -8,7 +8,6 @@ import table makes them.
 
 from __future__ import annotations
 
-import inspect
 import keyword
 from typing import Any, Iterator
 
@@ -156,9 +155,11 @@ def _new_proxy(cls: type, chan: Any, entry: Any) -> Proxy:
     return p
 
 
-def _signature_from(text: str, trusted: bool) -> inspect.Signature | None:
+def _signature_from(text: str, trusted: bool) -> Any:
     if not trusted or not text:
         return None
+    import inspect
+
     src = f"def _f{text}: pass"
     ns: dict[str, Any] = {}
     try:
@@ -177,6 +178,8 @@ def _method(name: str, doc: str, sig_text: str, trusted: bool) -> Any:
     method.__doc__ = doc if trusted else f"{name}{sig_text}\n\n{doc}".strip()
     sig = _signature_from(sig_text, trusted)
     if sig is not None:
+        import inspect
+
         params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *sig.parameters.values()]
         try:
             method.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]

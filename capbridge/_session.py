@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import io
 import itertools
 import pickle
@@ -52,10 +51,6 @@ from ._tables import Export, Tables
 
 __all__ = ["Session", "ShippedCall", "AuditEvent"]
 
-try:
-    from zoneinfo import ZoneInfo as _ZoneInfo
-except ImportError:  # pragma: no cover
-    _ZoneInfo = None  # type: ignore[assignment,misc]
 _loads = pickle.loads
 _loads_untrusted = _codec.loads_untrusted
 _scan = _codec.scan
@@ -253,9 +248,10 @@ class Session:
             return self._export(obj, iterator=True)
         if isinstance(obj, type) and obj in _STDLIB_VALUES and not self.trusted_peer:
             return None  # a class pickle names while reducing a by-value object
-        if _ZoneInfo is not None and not self.trusted_peer and (
-            obj is _ZoneInfo or t is _ZoneInfo or obj is getattr
-            or getattr(obj, "__self__", None) is _ZoneInfo
+        zone_info = getattr(sys.modules.get("zoneinfo"), "ZoneInfo", None)
+        if zone_info is not None and not self.trusted_peer and (
+            obj is zone_info or t is zone_info or obj is getattr
+            or getattr(obj, "__self__", None) is zone_info
         ):
             return None  # a datetime's ZoneInfo crosses by key (pickle uses getattr)
         if isinstance(obj, Proxy):
@@ -558,7 +554,7 @@ class Session:
 
     def _invoke_checked(self, entry: Export, op: int, name: Any, args: tuple, kwargs: dict) -> Any:
         result = self._invoke_member(entry, op, name, args, kwargs)
-        if type(result) in _SCALARS or not inspect.iscoroutine(result):
+        if type(result) in _SCALARS or not isinstance(result, types.CoroutineType):
             return result
         return self.await_coroutine(result, entry, name)
 
@@ -768,7 +764,7 @@ def _plain_interface(name: str, obj: Any, *, callable_: bool) -> Interface:
 
 
 def _open_interface(t: type, obj: Any) -> Interface:
-    import inspect
+    from inspect import getattr_static
 
     from ._expose import ALLOWED_DUNDERS, Member
 
@@ -780,7 +776,7 @@ def _open_interface(t: type, obj: Any) -> Interface:
         if name.startswith("_cb_") or not name.isidentifier():
             continue
         try:
-            static = inspect.getattr_static(t, name)
+            static = getattr_static(t, name)
         except AttributeError:
             continue
         if name.startswith("__") and name.endswith("__"):
