@@ -8,12 +8,11 @@ when it returns.
 from __future__ import annotations
 
 import codecs
-import errno
 import os
 import selectors
 import sys
 import threading
-from typing import Any, Callable, TextIO
+from typing import Any
 
 __all__ = ["OutputSink", "pump"]
 

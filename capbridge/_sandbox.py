@@ -6,15 +6,11 @@ import dataclasses
 import os
 import signal as _signal
 import threading
-import time
 import warnings
 from typing import Any, Callable, Mapping
 
-from . import _watchdog
 from ._channel import Channel
 from ._errors import (
-    CapabilityError,
-    CapbridgeError,
     ConfinementUnavailable,
     CPULimitExceeded,
     MemoryLimitExceeded,

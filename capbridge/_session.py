@@ -28,7 +28,6 @@ from typing import Any, Callable
 from . import _codec
 from ._errors import (
     CapabilityError,
-    CapbridgeError,
     ProtocolError,
     RemoteError,
     RevokedError,
@@ -37,7 +36,6 @@ from ._errors import (
 from ._expose import (
     Interface,
     Member,
-    Revocable,
     Revoker,
     interface_of,
     unwrap,

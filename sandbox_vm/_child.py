@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 from ._config import SandboxConfig
 
 
-def child_main(rfd: int, wfd: int, config: SandboxConfig) -> "NoReturn":  # type: ignore[name-defined]
+def child_main(rfd: int, wfd: int, config: SandboxConfig) -> NoReturn:
     """Lock this process down as ``config`` says, then run the in-sandbox runtime.
 
     ``rfd``/``wfd`` are the channel; fds 1 and 2 are already the output pipes and

@@ -17,6 +17,7 @@ import importlib.machinery
 import importlib.util
 import os
 import struct
+from typing import Any
 import sys
 
 __all__ = [
@@ -151,7 +152,7 @@ def _elf_needed(path: str) -> list[str]:
         data.close()
 
 
-def _elf_needed_in(data: "mmap.mmap") -> list[str]:  # type: ignore[name-defined]
+def _elf_needed_in(data: Any) -> list[str]:
     if data[:6] != b"\x7fELF\x02\x01":
         return []
     phoff, = struct.unpack_from("<Q", data, 0x20)

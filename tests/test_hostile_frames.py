@@ -18,11 +18,9 @@ import builtins
 import dataclasses
 import copy
 import os
-import re
 import struct
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import warnings
@@ -32,7 +30,7 @@ import pytest
 import capbridge
 from capbridge import Limits, ProtocolError, SandboxError, expose
 from capbridge._errors_data import error_from_data
-from capbridge._protocol import NEED_DATA, FrameReader, Tag
+from capbridge._protocol import FrameReader, Tag
 from capbridge._session import Session
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -17,7 +17,6 @@ from capbridge import (
     CapabilityError,
     Limits,
     RemoteError,
-    RevokedError,
     SandboxError,
     capability,
     expose,
