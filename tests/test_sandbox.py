@@ -593,3 +593,20 @@ def test_repeated_strings_in_scalar_calls(sandbox_factory):
     assert sb.eval("api.echo('x', 'x')") == ["x", "x"]
     assert sb.eval("api.echo('echo')") == ["echo"]
     assert sb.eval("(lambda s: api.echo(s, s, b'y', b'y'))('zz')") == ["zz", "zz", b"y", b"y"]
+
+
+def test_debug_ships_host_tracebacks(sandbox_factory):
+    class Api:
+        @expose
+        def fail(self):
+            raise ValueError("inner detail")
+
+    quiet = sandbox_factory({"api": Api()})
+    loud = sandbox_factory({"api": Api()}, debug=True)
+    code = "try:\n    api.fail()\nexcept ValueError as e:\n    tb = str(e.__cause__ or '')\n"
+    quiet.exec(code)
+    loud.exec(code)
+    assert quiet.eval("tb") == ""
+    text = loud.eval("tb")
+    assert "Traceback" in text and "inner detail" in text and "def fail" not in text
+    assert "test_sandbox.py" in text
