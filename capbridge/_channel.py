@@ -231,10 +231,14 @@ class Channel:
                         break
             if scalar and not self._pending:
                 body = self._encode_scalar_call(msg)
-                data = _pack(len(body)) + body
                 with self._send_lock:
-                    if _os_write(self.wfd, data) != len(data):  # pragma: no cover - huge args
-                        raise OSError("short write")
+                    if len(body) < _SMALL:
+                        data = _pack(len(body)) + body
+                        n = _os_write(self.wfd, data)
+                        if n != len(data):  # pragma: no cover - a signal cut the write short
+                            self._write(memoryview(data)[n:])
+                    else:
+                        self._write_frame(body)
             else:
                 self._send(msg, scalar)
             self.calls_out += 1
@@ -313,8 +317,8 @@ class Channel:
                     if tag == _RETURN_T or tag == _RAISE_T:
                         if msg[1] == qid:
                             return msg
-                    elif tag == _CALL_T and not msg[2]:
-                        self._serve(msg)
+                    elif tag == _CALL_T and (not msg[2] or msg[2] == qid):
+                        self._serve(msg)  # top-level, or nested in the call we wait for
                         continue
                 for msg in msgs:
                     self._route(msg, waiter)
@@ -474,6 +478,10 @@ class Channel:
                     size = _unpack_from(rbuf)[0]
                     if size + 4 == n and size <= self._max_frame:
                         return [decode(rbuf[4:n])]
+                    if size + 4 > n and size <= self._max_frame:
+                        # One large frame: read the rest straight into a buffer of
+                        # its (already checked) size instead of growing one.
+                        return [decode(self._read_large(size, rbuf[4:n]))]
                 reader.feed(rbuf[:n])
         msgs: list[tuple] = []
         while True:
@@ -495,6 +503,22 @@ class Channel:
             if not data:
                 raise EOFError("the peer closed the channel")
             reader.feed(data)
+
+    def _read_large(self, size: int, head: Any) -> bytearray:
+        body = bytearray(size)
+        got = len(head)
+        body[:got] = head
+        view = memoryview(body)
+        rfd = self.rfd
+        while got < size:
+            try:
+                n = _os_readv(rfd, [view[got:]])
+            except InterruptedError:
+                continue
+            if n == 0:
+                raise EOFError("the peer closed the channel")
+            got += n
+        return body
 
     def read_one(self) -> bytes:
         """Read and return the next body without routing it (for handshakes)."""
