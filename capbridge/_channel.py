@@ -99,6 +99,7 @@ class Channel:
         self._questions = session.tables.questions
         self._next_qid = session.tables.next_qid
         self._trusted = session.trusted_peer
+        self._exports_by_id = session.tables.exports._by_id
         self._encode_scalar_call = session.scalar_call_encoder()
         #: Whether plain method calls may take the inline serving path.
         self._plain_serve = session.trusted_peer or session.audit is None
@@ -370,7 +371,7 @@ class Channel:
             # A plain method call: written out inline. On the host only for an
             # exposed method of an entry with no revokers, when no audit hook runs.
             session = self.session
-            entry = session.tables.exports.get(msg[3])
+            entry = self._exports_by_id.get(msg[3])
             name = msg[5]
             if entry is not None and name is not None and (
                 name[:2] != "__" if self._trusted
@@ -464,7 +465,7 @@ class Channel:
     def _read_messages(self) -> list[tuple]:
         reader = self._reader
         decode = self.session.decode
-        if not reader.buffered():
+        if reader._pos == len(reader._buf):
             # Fast path: one read brings exactly one whole frame.
             try:
                 n = _os_readv(self.rfd, self._rbufs)

@@ -184,17 +184,24 @@ def check_message(msg: Any) -> tuple:
         if len(msg) != 8:
             raise _bad(f"CALL has {len(msg)} fields, expected 8")
         _, qid, parent, target, op, name, args, kwargs = msg
-        _check_id(qid, "CALL qid")
-        _check_id(parent, "CALL parent", zero_ok=True)
-        _check_id(target, "CALL target", zero_ok=True)
+        if type(qid) is not int or not 0 < qid < _MAX_ID:
+            _check_id(qid, "CALL qid")
+        if type(parent) is not int or not 0 <= parent < _MAX_ID:
+            _check_id(parent, "CALL parent", zero_ok=True)
+        if type(target) is not int or not 0 <= target < _MAX_ID:
+            _check_id(target, "CALL target", zero_ok=True)
         if type(op) is not int or op not in _OPS:
             raise _bad(f"CALL op {safe_repr(op)} is unknown")
         if name is not None and (type(name) is not str or len(name) > MAX_NAME):
             raise _bad("CALL name must be None or a short str")
         if type(args) is not tuple:
             raise _bad(f"CALL args must be a tuple, got {type(args).__name__}")
-        if type(kwargs) is not dict or any(type(k) is not str for k in kwargs):
+        if type(kwargs) is not dict:
             raise _bad("CALL kwargs must be a dict with str keys")
+        if kwargs:
+            for k in kwargs:
+                if type(k) is not str:
+                    raise _bad("CALL kwargs must be a dict with str keys")
         return msg
     if tag == _RAISE:
         if len(msg) != 3:
