@@ -21,3 +21,11 @@ def test_demo():
     assert "hello from inside the sandbox" in out
     assert "ALLOWED" not in out
     assert out.count("refused") == 4
+
+
+def test_tenant_scripts():
+    out = run_example("tenant_scripts.py")
+    for tenant in ("acme", "globex"):
+        assert f"{tenant} after revoke: RevokedError" in out
+        assert f"{tenant} on the host: runs=2, last_total=4.0" in out
+    assert out.count("2 orders, total 4.00") == 4
