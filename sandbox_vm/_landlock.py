@@ -262,6 +262,11 @@ def prepare(allow_imports: tuple[str, ...]) -> Ruleset:
     try:
         for path in paths:
             _add_rule(fd, path)
+        # Listing (not reading) the stdlib directory itself, so a fresh import
+        # system (a subinterpreter, importlib.invalidate_caches()) still finds the
+        # standard library. File contents beneath stay limited to the rules above;
+        # the names in site-packages become listable, their contents do not.
+        _add_rule(fd, stdlib_dir(), FS_READ_DIR)
     except BaseException:
         os.close(fd)
         raise
@@ -280,13 +285,14 @@ def fill_import_caches() -> None:
     importlib.machinery.PathFinder.find_spec("_capbridge_fill_import_caches_")
 
 
-def _add_rule(ruleset_fd: int, path: str) -> None:
+def _add_rule(ruleset_fd: int, path: str, access: int | None = None) -> None:
     try:
         target = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     try:
-        access = READ_DIR if os.path.isdir(path) else READ_FILE
+        if access is None:
+            access = READ_DIR if os.path.isdir(path) else READ_FILE
         attr = ctypes.create_string_buffer(struct.pack("=Qi", access, target), 12)
         _syscall(SYS_ADD_RULE, ctypes.c_int(ruleset_fd), ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
                  attr, ctypes.c_uint32(0))
