@@ -222,6 +222,14 @@ def _dunder(name: str, doc: str) -> Any:
             return self._cb_chan.call(self._cb_id, _CALL, "__exit__", (info,), {})
 
         fn = __exit__
+    elif name in ("__repr__", "__str__"):
+        def fn(self: Proxy) -> Any:
+            try:
+                return self._cb_chan.call(self._cb_id, _CALL, name, (), {})
+            except Exception:
+                # A dead peer must not make printing a proxy (logging, debuggers) fail.
+                return Proxy.__repr__(self)
+
     elif name == "__call__":
         def __call__(self: Proxy, *args: Any, **kwargs: Any) -> Any:
             return self._cb_chan.call(self._cb_id, _CALL, None, args, kwargs)

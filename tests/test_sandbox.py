@@ -610,3 +610,29 @@ def test_debug_ships_host_tracebacks(sandbox_factory):
     text = loud.eval("tb")
     assert "Traceback" in text and "inner detail" in text and "def fail" not in text
     assert "test_sandbox.py" in text
+
+
+def test_static_and_class_methods_can_be_exposed(sandbox_factory):
+    class Units:
+        factor = 3
+
+        @expose
+        @staticmethod
+        def double(x):
+            return 2 * x
+
+        @expose
+        @classmethod
+        def scale(cls, x):
+            return cls.factor * x
+
+    sb = sandbox_factory({"units": Units()})
+    assert sb.eval("units.double(4), units.scale(4)") == (8, 12)
+
+
+def test_repr_of_a_dead_sandbox_object_does_not_raise(sandbox_factory):
+    sb = sandbox_factory()
+    obj = sb.eval("type('Thing', (), {'__repr__': lambda self: 'thing!'})()")
+    assert repr(obj) == "thing!"
+    sb.kill()
+    assert "proxy" in repr(obj)
