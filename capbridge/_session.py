@@ -61,7 +61,8 @@ _OP_CALL, _OP_GET, _OP_SET, _OP_ITER = int(Op.CALL), int(Op.GET), int(Op.SET), i
 _SCALARS = frozenset({type(None), bool, int, float, str, bytes})
 _PLAIN = _codec.PLAIN_TYPES
 _STDLIB_VALUES = _codec.STDLIB_VALUE_TYPES
-_SHIP_OK_MODULES = {"typing", "types", "abc", "enum", "functools", "collections.abc", "_collections_abc"}
+_SHIP_OK_MODULES = {"typing", "types", "abc", "enum", "functools", "collections.abc", "_collections_abc",
+                    "dataclasses"}
 
 
 class ShippedCall:
@@ -311,6 +312,12 @@ class Session:
         vt = value_type_of(t)
         if vt is not None:
             return ("v", "vt", _vt_record(vt, obj))
+        if isinstance(obj, type):
+            vt = value_type_of(obj)
+            if vt is not None:
+                # The sandbox uses its own class of that value type, so instances it
+                # makes cross back as fields.
+                return ("v", "vtclass", (vt.name, vt.fields, vt.is_tuple))
         if isinstance(obj, (types.FunctionType, type, types.ModuleType, types.CodeType, types.CellType,
                             property, classmethod, staticmethod, types.BuiltinFunctionType,
                             types.MethodDescriptorType, types.WrapperDescriptorType,
@@ -696,6 +703,12 @@ class _TrustedUnpickler(pickle.Unpickler):
             return entry.obj
         if kind == "v" and pid[1] == "vt":
             return _value_in_sandbox(*pid[2])
+        if kind == "v" and pid[1] == "vtclass":
+            name, fields, is_tuple = pid[2]
+            vt = value_type_named(name)
+            if vt is None or vt.fields != tuple(fields):
+                return make_lookalike(name, tuple(fields), is_tuple)
+            return vt.cls
         if kind == "f":
             return _TrustedUnpickler(io.BytesIO(pid[1]), s).load()
         raise ProtocolError(f"unknown reference kind {kind!r}")

@@ -636,3 +636,20 @@ def test_repr_of_a_dead_sandbox_object_does_not_raise(sandbox_factory):
     assert repr(obj) == "thing!"
     sb.kill()
     assert "proxy" in repr(obj)
+
+
+@value_type
+@dataclasses.dataclass
+class Temperature:
+    celsius: float
+
+
+def test_call_ships_classes_and_value_types(sandbox_factory):
+    @dataclasses.dataclass
+    class Local:
+        y: int
+
+    sb = sandbox_factory()
+    assert sb.call(lambda: Local(4).y) == 4  # a plain dataclass travels by value
+    got = sb.call(lambda: Temperature(21.5))  # a value type is built inside, crosses back
+    assert got == Temperature(21.5) and type(got) is Temperature
