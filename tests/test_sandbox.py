@@ -505,7 +505,7 @@ def test_crash_reports_exit_code(sb):
 
 
 def test_memory_error_is_limit_exceeded(sandbox_factory):
-    sb = sandbox_factory(limits=Limits(memory_mb=200))
+    sb = sandbox_factory(limits=Limits(memory_mb=200), confinement="strict")  # rlimits are a layer
     with pytest.raises(capbridge.MemoryLimitExceeded):
         sb.exec("x = bytearray(400 * 1024 * 1024)")
     with pytest.raises(SandboxError):
