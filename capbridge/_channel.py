@@ -207,16 +207,19 @@ class Channel:
         if self._dead is not None:
             raise self._dead
         local = self._local
-        depth = local.depth
         wall = self.wall
         ident = 0
-        if wall is not None and not depth:
-            ident = _get_ident()
-            deadline = _monotonic() + wall
-            self.deadlines[ident] = deadline
-            if deadline < _watchdog.next_wake:
-                _watchdog.poke()
-        local.depth = depth + 1
+        depth = 0
+        if wall is not None:
+            # Nesting depth only matters for the deadline of the outermost call.
+            depth = local.depth
+            if not depth:
+                ident = _get_ident()
+                deadline = _monotonic() + wall
+                self.deadlines[ident] = deadline
+                if deadline < _watchdog.next_wake:
+                    _watchdog.poke()
+            local.depth = depth + 1
         qid = self._next_qid()
         waiter = _Waiter(qid)
         questions = self._questions
@@ -232,7 +235,9 @@ class Channel:
                         break
             if scalar and not self._pending:
                 body = self._encode_scalar_call(msg)
-                with self._send_lock:
+                send_lock = self._send_lock
+                send_lock.acquire()
+                try:
                     if len(body) < _SMALL:
                         data = _pack(len(body)) + body
                         n = _os_write(self.wfd, data)
@@ -240,6 +245,8 @@ class Channel:
                             self._write(memoryview(data)[n:])
                     else:
                         self._write_frame(body)
+                finally:
+                    send_lock.release()
             else:
                 self._send(msg, scalar)
             self.calls_out += 1
@@ -268,9 +275,10 @@ class Channel:
             raise self.fail(exc) from None
         finally:
             del questions[qid]
-            local.depth = depth
-            if ident:
-                self.deadlines.pop(ident, None)
+            if wall is not None:
+                local.depth = depth
+                if ident:
+                    self.deadlines.pop(ident, None)
         if reply[0] == _RETURN_T:
             return reply[2]
         try:
@@ -399,8 +407,12 @@ class Channel:
                     if type(result) in _SCALARS:
                         body = self._dumps5((_RETURN_T, qid, result))
                         session.bytes_out += len(body) + 4
-                        with self._send_lock:
+                        send_lock = self._send_lock
+                        send_lock.acquire()
+                        try:
                             self._write_frame(body)
+                        finally:
+                            send_lock.release()
                     else:
                         saved = None if self._trusted else session.begin_answer()
                         if saved is not None:
