@@ -24,6 +24,42 @@ class RemoteTraceback(Exception):
         return "\n\n" + self.tb
 
 
+_MAX_FRAMES = 64
+
+
+def _check_frames(frames: Any) -> bool:
+    if type(frames) is not tuple or len(frames) > _MAX_FRAMES:
+        return False
+    for f in frames:
+        if (type(f) is not tuple or len(f) != 3 or type(f[0]) is not str or len(f[0]) > 300
+                or type(f[1]) is not int or not 0 <= f[1] <= 1_000_000
+                or type(f[2]) is not str or len(f[2]) > 200 or not f[2].isprintable()):
+            return False
+    return True
+
+
+def _traceback_from_frames(frames: Any) -> Any:
+    """A real traceback of the sandbox's frames (tblib), so a host traceback shows
+    where in the sandbox the error happened; None if the data is not usable."""
+    if not _check_frames(frames) or not frames:
+        return None
+    try:
+        from tblib import Traceback
+
+        node = None
+        for filename, lineno, name in reversed(frames):
+            node = {
+                "tb_frame": {"f_globals": {"__name__": "<sandbox>", "__file__": filename},
+                             "f_locals": {}, "f_code": {"co_filename": filename, "co_name": name},
+                             "f_lineno": lineno},
+                "tb_lineno": lineno,
+                "tb_next": node,
+            }
+        return Traceback.from_dict(node).as_traceback()
+    except Exception:
+        return None
+
+
 def check_error_data(data: Any) -> tuple:
     if (
         type(data) is not tuple
@@ -50,10 +86,15 @@ def error_from_data(data: Any, *, trusted: bool) -> BaseException:
     built-in or capbridge exception type with its args; other types as RemoteError.
     """
     if not trusted:
-        name, _args, message, tb, _extra = check_error_data(data)
+        name, _args, message, tb, extra = check_error_data(data)
         err = RemoteError(name, message, tb)
         if tb:
             err.__cause__ = RemoteTraceback(tb)
+        frames = extra.get("frames")
+        if frames is not None:
+            traceback = _traceback_from_frames(frames)
+            if traceback is not None:
+                err = err.with_traceback(traceback)
         return err
     name, args, message, tb, extra = data
     cls = getattr(builtins, name, None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import os
 import itertools
 import pickle
 import sys
@@ -402,9 +403,12 @@ class Session:
         except Exception:
             message = f"<unprintable {t.__name__}>"
         tb = ""
+        extra: dict[str, Any] = {}
+        if self.trusted_peer:
+            _trim_runtime_frames(exc)
+            extra["frames"] = _frames_as_data(exc.__traceback__)
         if self.trusted_peer or self.debug:
             tb = _traceback_text(exc)
-        extra: dict[str, Any] = {}
         if isinstance(exc, OSError):
             for attr in ("filename", "filename2"):
                 v = getattr(exc, attr, None)
@@ -666,6 +670,36 @@ def _plain_args(args: tuple) -> bool:
         if type(a) not in _SCALARS:
             return False
     return True
+
+
+_OWN_DIRS = tuple(
+    os.path.dirname(os.path.abspath(p)) + os.sep
+    for p in (__file__, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                     "sandbox_vm", "__init__.py"))
+)
+MAX_FRAMES = 64
+
+
+def _trim_runtime_frames(exc: BaseException) -> None:
+    """Drop the runtime's own frames from the top of a sandbox traceback."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_OWN_DIRS):
+        tb = tb.tb_next
+    if tb is not None:
+        exc.__traceback__ = tb
+
+
+def _frames_as_data(tb: Any) -> tuple:
+    """The traceback as ``((filename, lineno, function), ...)`` (tblib's view, flattened)."""
+    from tblib import Traceback
+
+    frames = []
+    node = Traceback(tb).as_dict() if tb is not None else None
+    while node is not None:
+        code = node["tb_frame"]["f_code"]
+        frames.append((str(code["co_filename"])[:300], int(node["tb_lineno"] or 0), str(code["co_name"])[:200]))
+        node = node["tb_next"]
+    return tuple(frames[-MAX_FRAMES:])
 
 
 def _traceback_text(exc: BaseException) -> str:

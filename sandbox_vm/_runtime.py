@@ -62,6 +62,7 @@ class Runtime:
             mod.__dict__.update(grants)
 
     def exec(self, source: str, filename: str) -> None:
+        _remember_source(filename, source)
         try:
             code = compile(source, filename, "exec")
             exec(code, self.main.__dict__)
@@ -85,6 +86,7 @@ class Runtime:
         mod = types.ModuleType(name)
         mod.__dict__.update(self.grants)
         mod.__file__ = f"<{name}>"
+        _remember_source(mod.__file__, source)
         sys.modules[name] = mod
         try:
             exec(compile(source, f"<{name}>", "exec"), mod.__dict__)
@@ -112,6 +114,14 @@ class Runtime:
 
     def ping(self) -> int:
         return os.getpid()
+
+
+def _remember_source(filename: str, source: str) -> None:
+    """Let tracebacks show the lines of code the host sent (it has no file)."""
+    import linecache
+
+    lines = source.splitlines(keepends=True)
+    linecache.cache[filename] = (len(source), None, lines, filename)
 
 
 class _Help:

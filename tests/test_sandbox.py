@@ -653,3 +653,22 @@ def test_call_ships_classes_and_value_types(sandbox_factory):
     assert sb.call(lambda: Local(4).y) == 4  # a plain dataclass travels by value
     got = sb.call(lambda: Temperature(21.5))  # a value type is built inside, crosses back
     assert got == Temperature(21.5) and type(got) is Temperature
+
+
+def test_host_traceback_shows_sandbox_frames(sb):
+    import traceback
+
+    with pytest.raises(RemoteError) as info:
+        sb.exec("def inner():\n    raise KeyError('k')\ndef outer():\n    inner()\nouter()", filename="plugin.py")
+    frames = [(f.filename, f.lineno, f.name) for f in traceback.extract_tb(info.value.__traceback__)]
+    assert frames[-3:] == [("plugin.py", 5, "<module>"), ("plugin.py", 4, "outer"), ("plugin.py", 2, "inner")]
+    assert "raise KeyError('k')" in info.value.remote_traceback  # the source lines come along
+    assert "_runtime.py" not in info.value.remote_traceback  # capbridge's own frames are trimmed
+
+
+def test_malformed_frames_are_ignored():
+    from capbridge._errors_data import error_from_data
+
+    for frames in [("x",), ((1, 2, 3),), (("f", -1, "g"),), (("f", 1, "g\x00\n"),), tuple([("f", 1, "g")] * 65)]:
+        err = error_from_data(("ValueError", (), "m", "", {"frames": frames}), trusted=False)
+        assert isinstance(err, RemoteError) and err.__traceback__ is None
