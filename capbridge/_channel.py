@@ -250,27 +250,7 @@ class Channel:
             else:
                 self._send(msg, scalar)
             self.calls_out += 1
-            reply = None
-            if not self._nwaiting and not self._top:
-                # Fast path: read the answer ourselves if it is the next frame.
-                read_lock = self._read_lock
-                if read_lock.acquire(False):
-                    try:
-                        msgs = self._read_messages()
-                    except BaseException as exc:
-                        read_lock.release()
-                        raise self.fail(_as_error(exc)) from None
-                    read_lock.release()
-                    if len(msgs) == 1 and msgs[0][1] == qid and (msgs[0][0] == _RETURN_T or msgs[0][0] == _RAISE_T):
-                        reply = msgs[0]
-                    else:
-                        for m in msgs:
-                            self._route(m, waiter)
-                        if self._nwaiting:
-                            with self._cond:
-                                self._cond.notify_all()
-            if reply is None:
-                reply = self._wait(waiter)
+            reply = self._wait(waiter)
         except OSError as exc:
             raise self.fail(exc) from None
         finally:

@@ -14,6 +14,8 @@ import stat as _stat
 import threading
 from typing import NamedTuple, NoReturn
 
+from capbridge import expose
+
 __all__ = [
     "MAX_READ",
     "MAX_PATH",
@@ -204,3 +206,40 @@ def too_big(path: str) -> OSError:
         f"more than {MAX_READ} bytes left; read in chunks with read(n)",
         path,
     )
+
+
+class StatQueries:
+    """``exists``/``isdir``/``isfile``/``getsize`` for a file system with ``stat``."""
+
+    def stat(self, path: str) -> StatTuple:  # pragma: no cover - provided by the subclass
+        raise NotImplementedError
+
+    @expose
+    def exists(self, path: str) -> bool:
+        """True if ``path`` names a file or directory."""
+        try:
+            self.stat(path)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    @expose
+    def isdir(self, path: str) -> bool:
+        """True if ``path`` is a directory."""
+        try:
+            return _stat.S_ISDIR(self.stat(path)[0])
+        except (OSError, ValueError):
+            return False
+
+    @expose
+    def isfile(self, path: str) -> bool:
+        """True if ``path`` is a regular file."""
+        try:
+            return _stat.S_ISREG(self.stat(path)[0])
+        except (OSError, ValueError):
+            return False
+
+    @expose
+    def getsize(self, path: str) -> int:
+        """The size of ``path`` in bytes."""
+        return self.stat(path)[6]

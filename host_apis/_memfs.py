@@ -11,7 +11,7 @@ from typing import Mapping
 
 from capbridge import expose
 
-from ._common import OpenMode, StatTuple, normalize, os_error, parse_mode, split_parts
+from ._common import OpenMode, StatQueries, StatTuple, normalize, os_error, parse_mode, split_parts
 from ._filebase import FileBase
 
 __all__ = ["MemoryFS", "MemoryFile"]
@@ -102,7 +102,7 @@ class MemoryFile(FileBase):
         pass
 
 
-class MemoryFS:
+class MemoryFS(StatQueries):
     """An in-memory file tree with the :class:`VirtualFS` interface.
 
     ``files`` seeds it: ``{"/data/a.txt": "text", "/bin.dat": b"..."}`` (parents are
@@ -228,36 +228,6 @@ class MemoryFS:
         norm = normalize(path)
         with self._lock:
             return self._stat_of(self._lookup(norm))
-
-    @expose
-    def exists(self, path: str) -> bool:
-        """True if ``path`` names a file or directory."""
-        try:
-            self.stat(path)
-        except (OSError, ValueError):
-            return False
-        return True
-
-    @expose
-    def isdir(self, path: str) -> bool:
-        """True if ``path`` is a directory."""
-        try:
-            return _stat.S_ISDIR(self.stat(path)[0])
-        except (OSError, ValueError):
-            return False
-
-    @expose
-    def isfile(self, path: str) -> bool:
-        """True if ``path`` is a regular file."""
-        try:
-            return _stat.S_ISREG(self.stat(path)[0])
-        except (OSError, ValueError):
-            return False
-
-    @expose
-    def getsize(self, path: str) -> int:
-        """The size of ``path`` in bytes."""
-        return self.stat(path)[6]
 
     def _dir(self, path: str) -> tuple[str, _Dir]:
         norm = normalize(path)

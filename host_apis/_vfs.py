@@ -36,6 +36,7 @@ from capbridge import expose
 
 from . import _beneath
 from ._common import (
+    StatQueries,
     OpenMode,
     Quota,
     StatTuple,
@@ -156,7 +157,7 @@ class HostFile(FileBase):
 MountSpec = Union[str, "os.PathLike[str]", Mount]
 
 
-class VirtualFS:
+class VirtualFS(StatQueries):
     """A virtual file tree made of host directories mounted at virtual paths.
 
     ``VirtualFS({"/data": "/srv/data", "/out": Mount("/tmp/x", writable=True,
@@ -269,36 +270,6 @@ class VirtualFS:
                 return _VDIR_STAT
             raise os_error(errno.ENOENT, norm)
         return _fix_stat(self._lstat(m, rest, norm), m)
-
-    @expose
-    def exists(self, path: str) -> bool:
-        """True if ``path`` names anything (a symbolic link counts)."""
-        try:
-            self.stat(path)
-        except (OSError, ValueError):
-            return False
-        return True
-
-    @expose
-    def isdir(self, path: str) -> bool:
-        """True if ``path`` is a directory."""
-        try:
-            return _stat.S_ISDIR(self.stat(path)[0])
-        except (OSError, ValueError):
-            return False
-
-    @expose
-    def isfile(self, path: str) -> bool:
-        """True if ``path`` is a regular file."""
-        try:
-            return _stat.S_ISREG(self.stat(path)[0])
-        except (OSError, ValueError):
-            return False
-
-    @expose
-    def getsize(self, path: str) -> int:
-        """The size of ``path`` in bytes."""
-        return self.stat(path)[6]
 
     def _open_dir(self, m: _Mounted, rest: list[str], norm: str) -> int:
         assert m.fd is not None
