@@ -368,20 +368,8 @@ def _cmd_run(opts: argparse.Namespace) -> int:
         sb.call(_sandbox_prepare, [filename, *opts.args], cwd, filename, source)
         with _ForwardInterrupt(sb.pid):
             kind, value, extra = _checked(sb.call(_sandbox_run, source, filename, "exec"))
-    except CapbridgeError as exc:
-        if sb is not None:
-            sb.close()
-        code, reason = _failure(exc, opts, "the script")
-        _say(reason)
-        return code
-    except KeyboardInterrupt:
-        if sb is not None:
-            sb.kill()
-        _say("interrupted; the sandbox was killed")
-        return EX_INTERRUPTED
-    except MalformedResult as exc:
-        _say(str(exc))
-        return EX_SOFTWARE
+    except (CapbridgeError, KeyboardInterrupt, MalformedResult) as exc:
+        return _ending(exc, sb, opts, "the script")
     finally:
         if sb is not None:
             sb.close()
@@ -469,25 +457,30 @@ def _cmd_shell(opts: argparse.Namespace) -> int:
             if code is not None:
                 return code
         return 0
-    except CapbridgeError as exc:
-        if sb is not None:
-            sb.close()
-        code, reason = _failure(exc, opts, "a statement")
-        _say(reason)
-        return code
-    except KeyboardInterrupt:
-        if sb is not None:
-            sb.kill()
-        _say("interrupted; the sandbox was killed")
-        return EX_INTERRUPTED
-    except MalformedResult as exc:
-        _say(str(exc))
-        return EX_SOFTWARE
+    except (CapbridgeError, KeyboardInterrupt, MalformedResult) as exc:
+        return _ending(exc, sb, opts, "a statement")
     finally:
         if sb is not None:
             sb.close()
         if fs is not None:
             fs.close()
+
+
+def _ending(exc: BaseException, sb: Any, opts: Any, what: str) -> int:
+    """Exit code (and one line on stderr) for a run or shell that ended with ``exc``."""
+    if isinstance(exc, KeyboardInterrupt):
+        if sb is not None:
+            sb.kill()
+        _say("interrupted; the sandbox was killed")
+        return EX_INTERRUPTED
+    if isinstance(exc, MalformedResult):
+        _say(str(exc))
+        return EX_SOFTWARE
+    if sb is not None:
+        sb.close()
+    code, reason = _failure(exc, opts, what)
+    _say(reason)
+    return code
 
 
 def _shell_run(sb: Any, source: str) -> int | None:
