@@ -350,12 +350,17 @@ class Session:
                 # pickle.dumps memoizes str and bytes; the same object twice would
                 # become a memo GET, which the host refuses. Use the memo-free
                 # pickler unless that cannot happen.
-                name = msg[5]
-                strs = [a for a in msg[6] if type(a) is str or type(a) is bytes]
-                if not strs or (len(strs) == 1 and strs[0] is not name):
-                    body = dumps5(msg, 5)
-                else:
-                    body = slow(msg, None)
+                seen = None  # ids of the str/bytes objects met so far (the name is one)
+                plain = True
+                for a in msg[6]:
+                    if type(a) is str or type(a) is bytes:
+                        if seen is None:
+                            seen = {id(msg[5])}
+                        if id(a) in seen:
+                            plain = False
+                            break
+                        seen.add(id(a))
+                body = dumps5(msg, 5) if plain else slow(msg, None)
                 self.bytes_out += len(body) + 4
                 return body
         else:
