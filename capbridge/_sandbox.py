@@ -251,8 +251,15 @@ class Sandbox:
             self._maybe_install_fs({name: obj})
 
     def stats(self) -> dict[str, Any]:
-        """Counters of this sandbox (see the SPEC table) plus its table sizes."""
+        """Counters of this sandbox plus the sizes of its capability tables.
+
+        ``cpu_seconds`` and ``peak_memory_mb`` are read from ``/proc`` while the
+        process runs; once it has ended, ``cpu_seconds`` is its final CPU time.
+        """
         cpu, peak = self._usage()
+        status = self._proc.poll()
+        if status is not None and status.cpu_seconds is not None:
+            cpu = max(cpu, status.cpu_seconds)
         return {
             "calls_to_host": self._session.calls_in,
             "calls_to_sandbox": self._chan.calls_out,
