@@ -343,22 +343,6 @@ def resolve(obj: Any, on_inert: Callable[[Inert], Any], depth: int = 0) -> Any:
     raise ProtocolError(f"unexpected {t.__name__} in a decoded message")
 
 
-def check_depth(obj: Any, depth: int = 0) -> None:
-    """Raise :class:`ProtocolError` if ``obj`` nests deeper than :data:`MAX_DEPTH`."""
-    t = type(obj)
-    if t in _SCALARS:
-        return
-    if depth >= MAX_DEPTH:
-        raise ProtocolError(f"message nested deeper than {MAX_DEPTH} levels")
-    if t is dict:
-        for k, v in obj.items():
-            check_depth(k, depth + 1)
-            check_depth(v, depth + 1)
-    elif t in (list, tuple, set, frozenset):
-        for x in obj:
-            check_depth(x, depth + 1)
-
-
 # --------------------------------------------------------------------------- value records
 
 _TZ_KEY = re.compile(r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$")

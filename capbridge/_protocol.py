@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import Any, NamedTuple
+from typing import Any
 
 from ._errors import ProtocolError, safe_repr
 
@@ -141,17 +141,6 @@ class FrameReader:
 
 MAX_NAME = 256
 _MAX_ID = 1 << 62
-
-
-class Call(NamedTuple):
-    tag: int
-    qid: int
-    parent: int
-    target: int
-    op: int
-    name: str | None
-    args: tuple
-    kwargs: dict
 
 
 def _bad(what: str) -> ProtocolError:

@@ -353,12 +353,10 @@ class Sandbox:
         if self._closed:
             return SandboxError("this sandbox is closed")
         if isinstance(cause, (MemoryLimitExceeded, CPULimitExceeded, SandboxTimeout)):
-            self._reap()
             return cause
         self._usage()
         self._proc.kill()
         status = self._proc.wait(5.0)
-        self._reap()
         if isinstance(cause, ProtocolError):
             err: BaseException = ProtocolError(f"{cause}; the sandbox was killed")
         elif self._timed_out:
@@ -407,9 +405,6 @@ class Sandbox:
         except (OSError, ValueError, IndexError):
             pass
         return self._last_usage
-
-    def _reap(self) -> None:
-        pass
 
     def _shutdown(self, *, graceful: bool) -> None:
         with self._lock:

@@ -51,7 +51,6 @@ from ._tables import Export, Tables
 __all__ = ["Session", "ShippedCall", "AuditEvent"]
 
 _loads = pickle.loads
-_loads_untrusted = _codec.loads_untrusted
 _scan = _codec.scan
 _SafeUnpickler = _codec.SafeUnpickler
 _check_message = check_message
