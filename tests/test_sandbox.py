@@ -454,7 +454,8 @@ def test_load_module_importable_and_sees_grants(sandbox_factory):
 
 def test_output_routing():
     out, err = [], []
-    sb = capbridge.Sandbox(stdout=out.append, stderr=err.append, confinement="none")
+    with pytest.warns(RuntimeWarning, match="WITHOUT any OS confinement"):  # said loudly
+        sb = capbridge.Sandbox(stdout=out.append, stderr=err.append, confinement="none")
     try:
         sb.exec("print('hello')\nimport sys\nprint('oops', file=sys.stderr)")
         assert "".join(out) == "hello\n"
@@ -465,7 +466,8 @@ def test_output_routing():
 
 def test_output_cap():
     out = []
-    sb = capbridge.Sandbox(stdout=out.append, limits=Limits(max_output_kb=1), confinement="none")
+    with pytest.warns(RuntimeWarning, match="development only"):
+        sb = capbridge.Sandbox(stdout=out.append, limits=Limits(max_output_kb=1), confinement="none")
     try:
         sb.exec("for i in range(1000):\n    print('x' * 50)")
         text = "".join(out)
