@@ -66,3 +66,10 @@ def test_readme_commands_appear_in_the_docs():
     docs = (DOCS / "index.rst").read_text() + (DOCS / "quickstart.rst").read_text()
     for cmd in commands[:2]:
         assert cmd.strip() in docs, f"README command not in docs/index.rst or quickstart.rst: {cmd}"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    test_command = re.findall(r"```bash\n(.*?)\n```", readme, flags=re.S)[1].strip()
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test_command in ci, "the last line of .ci/run must be the README's test command"
