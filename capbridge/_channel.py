@@ -16,7 +16,6 @@ calls.
 from __future__ import annotations
 
 import os
-import types
 import threading
 import time
 from typing import Any, Callable
@@ -38,8 +37,6 @@ _monotonic = time.monotonic
 _get_ident = threading.get_ident
 _os_write = os.write
 _os_readv = os.readv
-def _iscoroutine(obj: Any, _coro: type = types.CoroutineType) -> bool:
-    return isinstance(obj, _coro)
 
 
 class ChannelClosed(SandboxError):
@@ -99,11 +96,6 @@ class Channel:
         self._questions = session.tables.questions
         self._next_qid = session.tables.next_qid
         self._trusted = session.trusted_peer
-        self._exports_by_id = session.tables.exports._by_id
-        self._encode_scalar_call = session.scalar_call_encoder()
-        #: Whether plain method calls may take the inline serving path.
-        self._plain_serve = session.trusted_peer or session.audit is None
-        self._dumps5 = session.scalar_return_encoder()
         self.calls_out = 0
         self.wall = wall
         self.on_deadline = on_deadline
@@ -168,20 +160,33 @@ class Channel:
         except OSError as exc:
             raise self.fail(exc) from None
 
-    def _send(self, msg: tuple, scalar: bool) -> None:
-        """Encode and send ``msg``.
+    def _send(self, msg: tuple, plain: bool) -> None:
+        """Encode and send ``msg``; ``plain`` when it holds only scalars.
 
         Messages that may carry references are encoded under the send lock, so
         interface descriptors reach the peer in the order their ids were given.
         """
         session = self.session
-        if scalar:
-            body = session.encode_scalar(msg)
-            with self._send_lock:
-                self._write_frame(body)
+        lock = self._send_lock
+        if plain and not self._pending:
+            # The common case: one small frame, one write.
+            body = session.encode_plain(msg)
+            lock.acquire()
+            try:
+                if len(body) < _SMALL:
+                    data = _pack(len(body)) + body
+                    n = _os_write(self.wfd, data)
+                    if n != len(data):  # pragma: no cover - a signal cut the write short
+                        self._write(memoryview(data)[n:])
+                else:
+                    self._write_frame(body)
+            except OSError as exc:
+                raise self.fail(exc) from None
+            finally:
+                lock.release()
         else:
-            with self._send_lock:
-                self._write_frame(session.encode(msg))
+            with lock:
+                self._write_frame(session.encode_plain(msg) if plain else session.encode(msg))
 
     def flush_releases(self) -> None:
         """Send queued releases now (they normally ride along with the next message)."""
@@ -197,10 +202,6 @@ class Channel:
                     self.fail(exc)
 
     # ------------------------------------------------------------------ calling
-
-    def current_parent(self) -> int:
-        stack = self._local.serving
-        return stack[-1] if stack else 0
 
     def call(self, target: int, op: int, name: str | None, args: tuple, kwargs: dict) -> Any:
         """Send a call and wait for its answer, serving nested calls meanwhile."""
@@ -233,22 +234,7 @@ class Channel:
                     if type(a) not in _SCALARS:
                         scalar = False
                         break
-            if scalar and not self._pending:
-                body = self._encode_scalar_call(msg)
-                send_lock = self._send_lock
-                send_lock.acquire()
-                try:
-                    if len(body) < _SMALL:
-                        data = _pack(len(body)) + body
-                        n = _os_write(self.wfd, data)
-                        if n != len(data):  # pragma: no cover - a signal cut the write short
-                            self._write(memoryview(data)[n:])
-                    else:
-                        self._write_frame(body)
-                finally:
-                    send_lock.release()
-            else:
-                self._send(msg, scalar)
+            self._send(msg, scalar)
             self.calls_out += 1
             reply = self._wait(waiter)
         except OSError as exc:
@@ -355,64 +341,6 @@ class Channel:
         raise self.fail(ProtocolError(f"unexpected message tag {tag!r:.20}"))
 
     def _serve(self, msg: tuple) -> None:
-        if msg[4] == 0 and msg[3] and not self._pending and self._plain_serve:
-            # A plain method call: written out inline. On the host only for an
-            # exposed method of an entry with no revokers, when no audit hook runs.
-            session = self.session
-            entry = self._exports_by_id.get(msg[3])
-            name = msg[5]
-            if entry is not None and name is not None and (
-                name[:2] != "__" if self._trusted
-                else not entry.revokers and entry.iface is not None and name in entry.iface.methods
-            ):
-                qid = msg[1]
-                session.calls_in += 1
-                local = self._local
-                stack = local.serving
-                if stack is None:
-                    stack = local.serving = []
-                stack.append(qid)
-                answers = session.tables.answers
-                answers[qid] = True
-                try:
-                    try:
-                        result = getattr(entry.target, name)(*msg[6], **msg[7])
-                        if not self._trusted and type(result) not in _SCALARS and _iscoroutine(result):
-                            result = session.await_coroutine(result, entry, name)
-                    except BaseException as exc:
-                        if self._dead is not None and exc is self._dead:
-                            raise
-                        self._reply_error(qid, exc)
-                        return
-                    if type(result) in _SCALARS:
-                        body = self._dumps5((_RETURN_T, qid, result))
-                        session.bytes_out += len(body) + 4
-                        send_lock = self._send_lock
-                        send_lock.acquire()
-                        try:
-                            self._write_frame(body)
-                        finally:
-                            send_lock.release()
-                    else:
-                        saved = None if self._trusted else session.begin_answer()
-                        if saved is not None:
-                            session.end_answer(frozenset())  # this entry has no revokers
-                        try:
-                            self._send((_RETURN_T, qid, result), False)
-                        except CapbridgeError as exc:
-                            if self._dead is not None:
-                                raise
-                            self._reply_error(qid, exc)
-                        finally:
-                            if saved is not None:
-                                session.end_answer(saved)
-                finally:
-                    stack.pop()
-                    del answers[qid]
-                return
-        self._serve_general(msg)
-
-    def _serve_general(self, msg: tuple) -> None:
         session = self.session
         qid = msg[1]
         local = self._local
@@ -457,7 +385,7 @@ class Channel:
     def _read_messages(self) -> list[tuple]:
         reader = self._reader
         decode = self.session.decode
-        if reader._pos == len(reader._buf):
+        if not reader.buffered():
             # Fast path: one read brings exactly one whole frame.
             try:
                 n = _os_readv(self.rfd, self._rbufs)

@@ -307,7 +307,7 @@ def loads_untrusted(body: bytes) -> tuple[Any, bool]:
     except RecursionError:
         raise ProtocolError("malformed body: nested too deeply") from None
     except Exception as exc:
-        raise ProtocolError(f"malformed body: {type(exc).__name__}: {exc}") from None
+        raise ProtocolError(f"malformed body: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 def resolve(obj: Any, on_inert: Callable[[Inert], Any], depth: int = 0) -> Any:

@@ -107,7 +107,6 @@ class Sandbox:
         self._timed_out = False
         self._killed_by_us = False
         self._lock = threading.Lock()
-        self._local = threading.local()
         self._last_usage = (0.0, 0.0)
         self.missing_layers: tuple[str, ...] = ()
         self.confinement_report: tuple = ()
@@ -315,9 +314,9 @@ class Sandbox:
         try:
             return self._chan.call(0, _OP_CALL, name, args, {})
         finally:
-            if not getattr(self._chan._local, "depth", 0):
-                self._sink.drain()
-
+            # The runtime flushed before answering: what the call printed is in
+            # the pipes now; deliver it before returning.
+            self._sink.drain()
 
     def _check_usable(self) -> None:
         if self._closed:

@@ -14,7 +14,6 @@ sandbox's session trusts its peer, the host.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import os
 import itertools
@@ -51,8 +50,8 @@ from ._tables import Export, Tables
 __all__ = ["Session", "ShippedCall", "AuditEvent"]
 
 _loads = pickle.loads
-_scan = _codec.scan
-_SafeUnpickler = _codec.SafeUnpickler
+_dumps = pickle.dumps
+_loads_untrusted = _codec.loads_untrusted
 _check_message = check_message
 _MAX_DEPTH = _codec.MAX_DEPTH
 
@@ -173,6 +172,7 @@ class Session:
         self.awaiter = awaiter
         self._arg_bytes: dict[int, int] = {}  # qid -> body size, for the audit hook
         self.tables = Tables()
+        self._export_of = self.tables.exports.get
         self.channel: Any = None  # the I/O layer proxies call through
         self._iface_keys: dict[int, tuple[int, Any]] = {}
         self._iface_sent: set[int] = set()
@@ -191,25 +191,46 @@ class Session:
     def _serving_revokers(self) -> frozenset[Revoker]:
         return getattr(self._local, "revokers", frozenset())
 
-    def encode(self, msg: tuple, *, fast: bool = False) -> bytes:
+    def encode(self, msg: tuple) -> bytes:
         """Body for ``msg``; raises :class:`CapabilityError` for what may not cross.
 
         Must be called with the channel's send lock held, so interface descriptors
         reach the peer in the order they were first referenced.
         """
-        if fast:
-            body = self._dumps(msg, None)
-        else:
-            enc = _Encoding(self._serving_revokers())
-            self._local.enc = enc
-            try:
-                body = self._dumps(msg, self._pid_out)
-            except BaseException:
-                self._rollback(enc)
-                raise
-            finally:
-                self._local.enc = None
-            self._iface_sent.update(enc.ifaces)
+        enc = _Encoding(self._serving_revokers())
+        self._local.enc = enc
+        try:
+            body = self._dumps(msg, self._pid_out)
+        except BaseException:
+            self._rollback(enc)
+            raise
+        finally:
+            self._local.enc = None
+        self._checked_size(body)
+        self._iface_sent.update(enc.ifaces)
+        return body
+
+    def encode_plain(self, msg: tuple) -> bytes:
+        """Body for a message that holds only plain data (no tables involved)."""
+        if self.trusted_peer and msg[0] == _CALL_T:
+            # pickle.dumps memoizes str and bytes; the same object twice would
+            # become a memo GET, which the host refuses. Use it only when no
+            # str/bytes object repeats (the method name counts).
+            seen = None
+            for a in msg[6]:
+                if type(a) is str or type(a) is bytes:
+                    if seen is None:
+                        seen = {id(msg[5])}
+                    if id(a) in seen:
+                        return self._checked_size(self._dumps(msg, None))
+                    seen.add(id(a))
+            return self._checked_size(_dumps(msg, 5))
+        if self.trusted_peer and msg[0] != _RETURN_T:
+            return self._checked_size(self._dumps(msg, None))  # memo-free
+        # The host's pickles are trusted; a RETURN of one scalar shares no objects.
+        return self._checked_size(_dumps(msg, 5))
+
+    def _checked_size(self, body: bytes) -> bytes:
         if len(body) > self.max_frame:
             raise CapabilityError(
                 f"message of {len(body)} bytes exceeds the limit of {self.max_frame} bytes "
@@ -226,7 +247,7 @@ class Session:
                 fp = self._local.fp = _FastPickler()
             return fp.dumps(msg, pid)
         if pid is None:
-            return pickle.dumps(msg, 5)
+            return _dumps(msg, 5)
         buf = io.BytesIO()
         p = pickle.Pickler(buf, 5)
         p.persistent_id = pid
@@ -339,59 +360,11 @@ class Session:
             "(expose it, wrap it with facet(), or pass the data it holds as values)"
         )
 
-    def scalar_call_encoder(self) -> Callable[[tuple], bytes]:
-        """A function encoding a CALL whose arguments are all scalars (counts bytes)."""
-        if self.trusted_peer:
-            dumps5 = pickle.dumps
-            slow = self._dumps
-
-            def encode(msg: tuple) -> bytes:
-                # pickle.dumps memoizes str and bytes; the same object twice would
-                # become a memo GET, which the host refuses. Use the memo-free
-                # pickler unless that cannot happen.
-                seen = None  # ids of the str/bytes objects met so far (the name is one)
-                plain = True
-                for a in msg[6]:
-                    if type(a) is str or type(a) is bytes:
-                        if seen is None:
-                            seen = {id(msg[5])}
-                        if id(a) in seen:
-                            plain = False
-                            break
-                        seen.add(id(a))
-                body = dumps5(msg, 5) if plain else slow(msg, None)
-                self.bytes_out += len(body) + 4
-                return body
-        else:
-            dumps = pickle.dumps
-
-            def encode(msg: tuple) -> bytes:
-                body = dumps(msg, 5)
-                self.bytes_out += len(body) + 4
-                return body
-        return encode
-
-    def scalar_return_encoder(self) -> Callable[[tuple], bytes]:
-        """``pickle.dumps`` for a RETURN of one scalar (no shared objects, no memo GETs)."""
-        return functools.partial(pickle.dumps, protocol=5)
-
-    def encode_scalar(self, msg: tuple) -> bytes:
-        """Body for a message whose payload holds only scalars (no tables involved)."""
-        if self.trusted_peer and msg[0] != _RETURN_T:
-            # The host refuses memo GETs; a flat tuple of scalars may hold the same str
-            # object twice, so the sandbox pickles calls without a memo.
-            body = self._dumps(msg, None)
-        else:
-            # A RETURN tuple of scalars has no shared objects: plain pickle is fine.
-            body = pickle.dumps(msg, 5)
-        self.bytes_out += len(body) + 4
-        return body
-
     def raise_body(self, qid: int, exc: BaseException) -> bytes:
-        return self.encode((_RAISE_T, qid, self.error_data(exc)), fast=True)
+        return self.encode_plain((_RAISE_T, qid, self.error_data(exc)))
 
     def release_body(self, pairs: tuple) -> bytes:
-        return self.encode((_RELEASE_T, pairs), fast=True)
+        return self.encode_plain((_RELEASE_T, pairs))
 
     def error_data(self, exc: BaseException) -> tuple:
         """An exception as plain data: (type name, args, message, traceback text, extra)."""
@@ -430,15 +403,7 @@ class Session:
             if b"Q" in body:
                 return _TrustedUnpickler(io.BytesIO(body), self).load()
             return _loads(body)
-        has_refs = _scan(body)
-        try:
-            msg = _SafeUnpickler(io.BytesIO(body)).load() if has_refs else _loads(body)
-        except ProtocolError:
-            raise
-        except RecursionError:
-            raise ProtocolError("malformed body: nested too deeply") from None
-        except Exception as exc:
-            raise ProtocolError(f"malformed body: {type(exc).__name__}: {str(exc)[:200]}") from None
+        msg, has_refs = _loads_untrusted(body)
         if type(msg) is not tuple or len(msg) != 3 or msg[0] != _RETURN_T or type(msg[1]) is not int:
             _check_message(msg)
         if self.audit is not None and msg[0] == _CALL_T:
@@ -519,11 +484,24 @@ class Session:
         """Run an incoming CALL; returns its result or raises what it raised."""
         _, qid, parent, target, op, name, args, kwargs = msg
         self.calls_in += 1
+        arg_bytes = self._arg_bytes.pop(qid, 0) if self.audit is not None else 0
+        entry = self._export_of(target)
+        if op == _OP_CALL and entry is not None and name is not None:
+            # The common case first: a plain method call. On the host only for an
+            # exposed method of an entry with no revokers, when no audit hook runs.
+            if self.trusted_peer:
+                if name[:2] != "__":
+                    return getattr(entry.target, name)(*args, **kwargs)
+            elif not entry.revokers and self.audit is None and name in entry.iface.methods:
+                self._local.revokers = entry.revokers
+                result = getattr(entry.target, name)(*args, **kwargs)
+                if type(result) in _SCALARS or not isinstance(result, types.CoroutineType):
+                    return result
+                return self.await_coroutine(result, entry, name)
         if target == 0:
             if self.bootstrap is None or not self.trusted_peer:
                 raise ProtocolError("call to export 0, which does not exist")
             return self._invoke_trusted(self.bootstrap, op, name, args, kwargs)
-        entry = self.tables.exports.get(target)
         if entry is None:
             raise ProtocolError(f"call to unknown export id {target}")
         if self.trusted_peer:
@@ -535,7 +513,7 @@ class Session:
         self._local.revokers = entry.revokers
         if self.audit is None:
             return self._invoke_checked(entry, op, name, args, kwargs)
-        return self._audited(entry, op, name, args, kwargs, qid)
+        return self._audited(entry, op, name, args, kwargs, arg_bytes)
 
     def begin_answer(self) -> frozenset:
         return getattr(self._local, "revokers", frozenset())
@@ -544,7 +522,7 @@ class Session:
         self._local.revokers = saved
 
     def _audited(self, entry: Export, op: int, name: Any, args: tuple, kwargs: dict,
-                 qid: int = 0) -> Any:
+                 arg_bytes: int) -> Any:
         start = time.perf_counter()
         outcome = "ok"
         try:
@@ -558,7 +536,7 @@ class Session:
                     capability=entry.iface.name if entry.iface else "?",
                     member=name or ("__iter__" if op == _OP_ITER else "__call__"),
                     op=Op(op).name.lower(),
-                    arg_bytes=self._arg_bytes.pop(qid, 0),
+                    arg_bytes=arg_bytes,
                     duration=time.perf_counter() - start,
                     outcome=outcome,
                 ))
