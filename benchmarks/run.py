@@ -257,19 +257,9 @@ def _make_calc():
     return Calc()
 
 
-class Capbridge:
-    def __init__(self, cpu: int, host_cpu: int, confinement: str = "strict") -> None:
-        from capbridge import Limits, Sandbox
-
-        self.name = f"capbridge ({confinement})"
-        self.transport = "2 pipes (fork-server sandbox)"
-        self.sb = Sandbox(grants={"calc": _make_calc()}, confinement=confinement,
-                          limits=Limits(memory_mb=1024, cpu_seconds=None, wall_seconds=120))
-        pin_pid(self.sb.pid, cpu)
-        self.mod = self.sb.load(SANDBOX_MODULE, name="benchmod")
-        self._f, self._cb, self._loop = self.mod.f, self.mod.cb, self.mod.loop
-        self._sink, self._source = self.mod.sink, self.mod.source
-        self._f(0)
+class _PeerFunctions:
+    """A contender whose peer offers ``f``, ``cb``, ``loop``, ``sink`` and ``source``
+    as plain callables (set as ``self._f`` ... by ``__init__``)."""
 
     def h2s(self, n):
         f = self._f
@@ -287,11 +277,26 @@ class Capbridge:
     def recv(self, n):
         return self._source(n)
 
+
+class Capbridge(_PeerFunctions):
+    def __init__(self, cpu: int, host_cpu: int, confinement: str = "strict") -> None:
+        from capbridge import Limits, Sandbox
+
+        self.name = f"capbridge ({confinement})"
+        self.transport = "2 pipes (fork-server sandbox)"
+        self.sb = Sandbox(grants={"calc": _make_calc()}, confinement=confinement,
+                          limits=Limits(memory_mb=1024, cpu_seconds=None, wall_seconds=120))
+        pin_pid(self.sb.pid, cpu)
+        self.mod = self.sb.load(SANDBOX_MODULE, name="benchmod")
+        self._f, self._cb, self._loop = self.mod.f, self.mod.cb, self.mod.loop
+        self._sink, self._source = self.mod.sink, self.mod.source
+        self._f(0)
+
     def close(self):
         self.sb.close()
 
 
-class RPyC:
+class RPyC(_PeerFunctions):
     name = "RPyC"
     transport = "service over a Unix socketpair"
 
@@ -317,22 +322,6 @@ class RPyC:
         self._f, self._cb, self._loop = root.f, root.cb, root.loop
         self._sink, self._source = root.sink, root.source
         self._f(0)
-
-    def h2s(self, n):
-        f = self._f
-        return time_calls(lambda: f(1), n)
-
-    def cb(self, n):
-        return time_calls(self._cb, n)
-
-    def s2h(self, n):
-        return unpack_times(self._loop(n))
-
-    def send(self, b):
-        return self._sink(b)
-
-    def recv(self, n):
-        return self._source(n)
 
     def close(self):
         self.conn.close()

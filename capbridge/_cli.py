@@ -476,8 +476,6 @@ def _ending(exc: BaseException, sb: Any, opts: Any, what: str) -> int:
     if isinstance(exc, MalformedResult):
         _say(str(exc))
         return EX_SOFTWARE
-    if sb is not None:
-        sb.close()
     code, reason = _failure(exc, opts, what)
     _say(reason)
     return code

@@ -317,9 +317,7 @@ class MemoryFS(StatQueries):
             self._charge(-len(node.data), norm)
         self._files = max(0, self._files - 1)
 
-    @expose
-    def remove(self, path: str) -> None:
-        """Remove the file ``path`` (not a directory)."""
+    def _delete(self, path: str, *, directory: bool) -> None:
         norm = normalize(path)
         with self._lock:
             self._check_writable(norm)
@@ -327,34 +325,30 @@ class MemoryFS(StatQueries):
             node = parent.children.get(name)
             if node is None:
                 raise os_error(errno.ENOENT, norm)
-            if isinstance(node, _Dir):
+            if not directory and isinstance(node, _Dir):
                 raise os_error(errno.EISDIR, norm)
-            del parent.children[name]
-            parent.touch()
-            self._remove_node(norm, node)
-
-    @expose
-    def unlink(self, path: str) -> None:
-        """Same as :meth:`remove`."""
-        self.remove(path)
-
-    @expose
-    def rmdir(self, path: str) -> None:
-        """Remove the empty directory ``path``."""
-        norm = normalize(path)
-        with self._lock:
-            self._check_writable(norm)
-            parent, name = self._parent(norm)
-            node = parent.children.get(name)
-            if node is None:
-                raise os_error(errno.ENOENT, norm)
-            if not isinstance(node, _Dir):
+            if directory and not isinstance(node, _Dir):
                 raise os_error(errno.ENOTDIR, norm)
-            if node.children:
+            if directory and node.children:  # type: ignore[union-attr]
                 raise os_error(errno.ENOTEMPTY, norm)
             del parent.children[name]
             parent.touch()
             self._remove_node(norm, node)
+
+    @expose
+    def remove(self, path: str) -> None:
+        """Remove the file ``path`` (not a directory)."""
+        self._delete(path, directory=False)
+
+    @expose
+    def unlink(self, path: str) -> None:
+        """Same as :meth:`remove`."""
+        self._delete(path, directory=False)
+
+    @expose
+    def rmdir(self, path: str) -> None:
+        """Remove the empty directory ``path``."""
+        self._delete(path, directory=True)
 
     @expose
     def rename(self, src: str, dst: str) -> None:
