@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -41,6 +40,8 @@ from escape_util import (  # noqa: E402
     zombies_of,
 )
 
+from listeners import Listeners  # noqa: E402
+from listeners import nothing_arrived as _nothing_arrived  # noqa: E402
 import capbridge  # noqa: E402
 from capbridge import Limits  # noqa: E402
 from sandbox_vm import _spawn  # noqa: E402
@@ -121,37 +122,22 @@ def targets(tmp_path_factory):
     os.chmod(tmp, 0o777)
     secret_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), SECRET_VAR: SECRET}
     dummies = {"strict": _dummy(secret_env), "control": _dummy(secret_env)}
-    tcp = socket.create_server(("127.0.0.1", 0))
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
-    unix_path = str(tmp / "listener.sock")
-    unix = socket.socket(socket.AF_UNIX)
-    unix.bind(unix_path)
-    unix.listen()
-    abstract = f"capbridge-escape-{os.getpid()}"
-    abstract_sock = socket.socket(socket.AF_UNIX)
-    abstract_sock.bind("\0" + abstract)
-    abstract_sock.listen()
-    for s in (tcp, udp, unix, abstract_sock):
-        s.setblocking(False)
+    net = Listeners(tmp, "escape")
     host_file = tmp / "host-secret.txt"
     host_file.write_bytes(HOST_FILE_CONTENT)
     host_fd = os.open(host_file, os.O_RDONLY)  # opened by the host before the attack sandboxes
     os.set_inheritable(host_fd, True)
     args = {
-        "server": server_pid(), "runner": os.getpid(), "port": tcp.getsockname()[1],
-        "udp_port": udp.getsockname()[1], "unix_path": unix_path, "abstract": abstract,
+        "server": server_pid(), "runner": os.getpid(), **net.args,
         "tmp": str(tmp), "secret": SECRET, "host_file": str(host_file), "host_fd": host_fd,
         "host_content": HOST_FILE_CONTENT.decode(), "memory_mb": MEMORY_MB,
     }
-    yield {"args": args, "dummies": dummies, "listeners": (tcp, unix, abstract_sock), "udp": udp,
-           "tmp": tmp}
+    yield {"args": args, "dummies": dummies, "listeners": net.streams, "udp": net.udp, "tmp": tmp}
     for d in dummies.values():
         if d.poll() is None:
             d.kill()
         d.wait(5)
-    for s in (tcp, udp, unix, abstract_sock):
-        s.close()
+    net.close()
     os.close(host_fd)
     for root in ("/tmp", "/dev/shm"):
         for suffix in ("strict", "control"):
@@ -162,11 +148,7 @@ def targets(tmp_path_factory):
 
 
 def nothing_arrived(t) -> None:
-    for listener in t["listeners"]:
-        with pytest.raises(BlockingIOError):
-            listener.accept()
-    with pytest.raises(BlockingIOError):
-        t["udp"].recv(100)
+    _nothing_arrived(t["listeners"], t["udp"])
 
 
 # --- the attack code (runs inside; ARGS says what to aim at) --------------------------------

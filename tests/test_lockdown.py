@@ -9,13 +9,13 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+from listeners import Listeners, nothing_arrived  # noqa: E402
 from lockdown_harness import run_attack  # noqa: E402
 
 from sandbox_vm._config import SandboxConfig  # noqa: E402
@@ -140,35 +140,15 @@ def targets(tmp_path_factory):
     """Things outside the sandbox to aim at: a dummy process and listening sockets."""
     tmp = tmp_path_factory.mktemp("targets")
     dummy = subprocess.Popen(["sleep", "30"])
-    tcp = socket.create_server(("127.0.0.1", 0))
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
-    unix_path = str(tmp / "listener.sock")
-    unix = socket.socket(socket.AF_UNIX)
-    unix.bind(unix_path)
-    unix.listen()
-    abstract = f"capbridge-lockdown-test-{os.getpid()}"
-    abstract_sock = socket.socket(socket.AF_UNIX)
-    abstract_sock.bind("\0" + abstract)
-    abstract_sock.listen()
-    for s in (tcp, udp, unix, abstract_sock):
-        s.setblocking(False)
-    args = {"dummy": dummy.pid, "port": tcp.getsockname()[1], "udp_port": udp.getsockname()[1],
-            "unix_path": unix_path, "abstract": abstract, "tmp_file": str(tmp / "written"),
-            "memory_mb": MEMORY_MB}
-    yield args, dummy, (tcp, unix, abstract_sock), udp
+    net = Listeners(tmp, "lockdown-test")
+    args = {"dummy": dummy.pid, **net.args, "tmp_file": str(tmp / "written"), "memory_mb": MEMORY_MB}
+    yield args, dummy, net.streams, net.udp
     dummy.kill()
     dummy.wait(5)
-    for s in (tcp, udp, unix, abstract_sock):
-        s.close()
+    net.close()
 
 
-def _nothing_arrived(listeners, udp) -> None:
-    for listener in listeners:
-        with pytest.raises(BlockingIOError):
-            listener.accept()
-    with pytest.raises(BlockingIOError):
-        udp.recv(100)
+_nothing_arrived = nothing_arrived
 
 
 @pytest.fixture(scope="module")
