@@ -14,11 +14,11 @@ sandbox's session trusts its peer, the host.
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import io
 import os
 import itertools
 import pickle
-import sys
 import threading
 import time
 import types
@@ -49,6 +49,7 @@ from ._tables import Export, Tables
 
 __all__ = ["Session", "ShippedCall", "AuditEvent"]
 
+_DATETIMES = frozenset({_dt.date, _dt.time, _dt.datetime, _dt.timedelta, _dt.timezone})
 _loads = pickle.loads
 _dumps = pickle.dumps
 _loads_untrusted = _codec.loads_untrusted
@@ -263,17 +264,11 @@ class Session:
         if t in _PLAIN:
             return None
         if t in _STDLIB_VALUES:
-            return _codec.encode_value_record(obj) if self.trusted_peer else None
+            return self._stdlib_value_pid(t, obj)
         if t is _Iterator:
             return self._export(obj, iterator=True)
         if isinstance(obj, type) and obj in _STDLIB_VALUES and not self.trusted_peer:
             return None  # a class pickle names while reducing a by-value object
-        zone_info = getattr(sys.modules.get("zoneinfo"), "ZoneInfo", None)
-        if zone_info is not None and not self.trusted_peer and (
-            obj is zone_info or t is zone_info or obj is getattr
-            or getattr(obj, "__self__", None) is zone_info
-        ):
-            return None  # a datetime's ZoneInfo crosses by key (pickle uses getattr)
         if isinstance(obj, Proxy):
             if obj._cb_chan is not self.channel:
                 raise CapabilityError("a proxy from another sandbox cannot be passed to this one")
@@ -284,6 +279,14 @@ class Session:
         if vt is not None:
             return ("v", "vt", _vt_record(vt, obj))
         return self._export(obj)
+
+    def _stdlib_value_pid(self, t: type, obj: Any) -> Any:
+        # The sandbox's pickles may only hold data, so it always sends records. The
+        # host pickles these normally, except the datetime types: a tzinfo such as
+        # ZoneInfo would reduce through objects that are not values.
+        if self.trusted_peer or t in _DATETIMES:
+            return _codec.encode_value_record(obj)
+        return None
 
     def _export(self, obj: Any, *, iterator: bool = False) -> tuple:
         enc = self._ctx()
@@ -326,8 +329,10 @@ class Session:
     def pid_for_shipping(self, obj: Any) -> Any:
         """persistent_id used while shipping a function by value (host side)."""
         t = type(obj)
-        if t in _PLAIN or t in _STDLIB_VALUES:
+        if t in _PLAIN:
             return None
+        if t in _STDLIB_VALUES:
+            return self._stdlib_value_pid(t, obj)
         if isinstance(obj, Proxy):
             return self._pid_out(obj)
         vt = value_type_of(t)
@@ -719,6 +724,8 @@ class _TrustedUnpickler(pickle.Unpickler):
             return entry.obj
         if kind == "v" and pid[1] == "vt":
             return _value_in_sandbox(*pid[2])
+        if kind == "v" and pid[1] != "vtclass":
+            return _codec.decode_value_record(pid[1], pid[2])
         if kind == "v" and pid[1] == "vtclass":
             name, fields, is_tuple = pid[2]
             vt = value_type_named(name)
