@@ -777,12 +777,12 @@ def _sandbox_interface(obj: Any) -> Interface:
     """Interface of a sandbox object as the host sees it: everything public."""
     if isinstance(obj, types.ModuleType):
         return _module_interface(obj)
-    if isinstance(obj, _FUNCTIONS):
+    if isinstance(obj, _FUNCTIONS) or isinstance(obj, type):
         return _plain_interface(getattr(obj, "__qualname__", type(obj).__name__), obj, callable_=True)
     t = type(obj)
     iface = _SANDBOX_IFACES.get(t)
     if iface is None:
-        iface = _open_interface(t, obj)
+        iface = _open_interface(t)
         _SANDBOX_IFACES[t] = iface
     return iface
 
@@ -797,13 +797,11 @@ def _plain_interface(name: str, obj: Any, *, callable_: bool) -> Interface:
                      callable=callable_)
 
 
-def _open_interface(t: type, obj: Any) -> Interface:
+def _open_interface(t: type) -> Interface:
     from inspect import getattr_static
 
     from ._expose import ALLOWED_DUNDERS, Member
 
-    if isinstance(obj, type):
-        return _plain_interface(obj.__qualname__, obj, callable_=True)
     methods: dict[str, Member] = {}
     dunders: dict[str, Member] = {}
     for name in dir(t):

@@ -674,3 +674,9 @@ def test_malformed_frames_are_ignored():
     for frames in [("x",), ((1, 2, 3),), (("f", -1, "g"),), (("f", 1, "g\x00\n"),), tuple([("f", 1, "g")] * 65)]:
         err = error_from_data(("ValueError", (), "m", "", {"frames": frames}), trusted=False)
         assert isinstance(err, RemoteError) and err.__traceback__ is None
+
+
+def test_sandbox_classes_keep_their_own_names(sb):
+    alpha = sb.eval("type('Alpha', (), {})")
+    beta = sb.eval("type('Beta', (), {})")
+    assert "Alpha" in repr(alpha) and "Beta" in repr(beta)
