@@ -46,34 +46,36 @@ def cpu_split(run, n: int, peer_pid: int) -> tuple[float, float, float]:
 
 
 def micro(n: int = 100000) -> None:
-    """In-process cost of the host's decode steps for one sandbox->host CALL body."""
+    """In-process cost of each encode and decode step of one small call, both ways."""
     import pickle
     import timeit
 
-    from capbridge import _codec, _protocol
-    from capbridge._session import Session
+    from capbridge._host_session import HostSession
+    from capbridge._protocol import Op, Tag
+    from capbridge._sandbox_session import SandboxSession
 
-    # What the sandbox sends for calc.add(1, 2): tag, qid, parent, target, op, name, args, kwargs.
-    sand = Session(trusted_peer=True, max_frame=1 << 26)
-    body = sand.encode_scalar((int(_protocol.Tag.CALL), 7, 0, 1, int(_protocol.Op.CALL), "add", (1, 2), {}))
-    host = Session(trusted_peer=False, max_frame=1 << 26)
-    ret = (int(_protocol.Tag.RETURN), 7, 3)
-    msg = pickle.loads(body)
+    host, sand = HostSession(), SandboxSession()
+    call = (int(Tag.CALL), 7, 0, 1, int(Op.CALL), "add", (1, 2), {})
+    ret = (int(Tag.RETURN), 7, 3)
+    s_call, h_ret = sand.encode_plain(call), host.encode_plain(ret)
+    h_call, s_ret = host.encode_plain(call), sand.encode_plain(ret)
     rows = [
-        ("pickle.loads(body) alone", lambda: pickle.loads(body)),
-        ("_codec.scan(body)", lambda: _codec.scan(body)),
-        ("_codec.loads_untrusted(body)", lambda: _codec.loads_untrusted(body)),
-        ("_protocol.check_message(msg)", lambda: _protocol.check_message(msg)),
-        ("Session.decode(body) [host, untrusted]", lambda: host.decode(body)),
-        ("sandbox Session.encode_scalar(CALL)", lambda: sand.encode_scalar(msg)),
-        ("pickle.dumps(CALL, 5) alone", lambda: pickle.dumps(msg, 5)),
-        ("host Session.encode_scalar(RETURN)", lambda: host.encode_scalar(ret)),
-        ("pickle.dumps(RETURN, 5) alone", lambda: pickle.dumps(ret, 5)),
+        ("sandbox encode_plain(CALL)", lambda: sand.encode_plain(call)),
+        ("host decode(CALL)  [checked]", lambda: host.decode(s_call)),
+        ("host encode_plain(RETURN)", lambda: host.encode_plain(ret)),
+        ("sandbox decode(RETURN)", lambda: sand.decode(h_ret)),
+        ("host encode_plain(CALL)", lambda: host.encode_plain(call)),
+        ("sandbox decode(CALL)", lambda: sand.decode(h_call)),
+        ("sandbox encode_plain(RETURN)", lambda: sand.encode_plain(ret)),
+        ("host decode(RETURN)  [checked]", lambda: host.decode(s_ret)),
+        ("pickle.dumps(CALL tuple, 5) alone", lambda: pickle.dumps(call, 5)),
+        ("pickle.loads(that) alone", lambda b=pickle.dumps(call, 5): pickle.loads(b)),
     ]
-    print(f"\nmicro costs, in-process, {len(body)}-byte CALL body (best of 5 x {n}):")
+    print(f"\nmicro costs, in-process, {len(s_call)}-byte CALL body (best of 5 x {n}):")
     for label, fn in rows:
         best = min(timeit.repeat(fn, number=n, repeat=5)) / n
         print(f"  {label:42s} {best * 1e6:6.2f} µs")
+
 
 SANDBOX_PROFILER = '''
 import cProfile as _cp, io as _io, pstats as _ps

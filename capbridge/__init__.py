@@ -15,7 +15,8 @@ from ._errors import (
     SandboxError,
     SandboxTimeout,
 )
-from ._expose import capability, expose, facet, revocable, value_type
+from ._expose import capability, expose, value_type
+from ._membrane import facet, revocable
 
 __all__ = [
     "expose",

@@ -1,26 +1,19 @@
-"""Turning messages into bodies and back.
+"""Values that cross by value beyond what pickle writes with data opcodes alone.
 
-Two directions, two levels of trust:
-
-* **Towards the sandbox** (host encodes, sandbox decodes) the host is trusted, so the
-  body is an ordinary protocol-5 pickle; ``Sandbox.call`` uses cloudpickle to ship a
-  function by value.
-* **Towards the host** (sandbox encodes, host decodes) every byte is hostile. The
-  sandbox pickles without a memo (``Pickler.fast``), and the host checks each body
-  with :func:`scan` before unpickling: only data opcodes are allowed (no globals, no
-  REDUCE/BUILD/NEWOBJ, no memo, no extension registry). References and non-builtin
-  values arrive as persistent ids that decode to inert :class:`Inert` placeholders;
-  after decoding, :func:`resolve` checks depth and swaps each placeholder for what
-  the connection's own tables say it is. No pickle opcode ever touches a live host
-  object.
+Towards the sandbox the host is trusted: bodies are ordinary protocol-5 pickles and
+``Sandbox.call`` ships functions with cloudpickle. Towards the host every byte is
+hostile and goes through :mod:`capbridge._decoder`. In both directions the standard
+value types below (and registered value types, and numpy arrays) travel as *records*:
+persistent ids ``("v", kind, payload)`` whose payload is plain data, rebuilt here by
+checked constructors with their sizes bounded, so no class is ever named on the wire.
 
 Persistent ids (all plain tuples):
 
 * ``("c", export_id, iface_key, descriptor_or_None)`` - a capability exported by the
   sender; the descriptor comes with the first reference to that interface.
 * ``("r", export_id)`` - one of the *receiver's* exports, handed back.
-* ``("v", kind, payload)`` - a by-value object that pickle cannot express with data
-  opcodes alone (complex, datetime types, Decimal, Fraction, UUID, value types).
+* ``("v", kind, payload)`` - a value record (complex, the datetime types, Decimal,
+  Fraction, UUID, ``numpy.ndarray``, value types).
 """
 
 from __future__ import annotations
@@ -28,34 +21,28 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import fractions
-import io
-import pickle
-import pickletools
 import re
 import uuid
-from typing import Any, Callable
+from typing import Any
 
 from ._errors import CapabilityError, ProtocolError, safe_repr
 
 __all__ = [
-    "scan",
-    "Inert",
-    "resolve",
     "PLAIN_TYPES",
+    "SCALARS",
     "STDLIB_VALUE_TYPES",
     "encode_value_record",
     "decode_value_record",
-    "MAX_DEPTH",
+    "is_ndarray",
+    "describe_type",
 ]
-
-#: Deepest nesting of containers accepted from the sandbox.
-MAX_DEPTH = 100
 
 #: Types pickle writes with data opcodes only.
 PLAIN_TYPES = frozenset(
     {type(None), bool, int, float, str, bytes, bytearray, list, tuple, dict, set, frozenset}
 )
-_SCALARS = frozenset({type(None), bool, int, float, str, bytes, bytearray, complex})
+#: Values that hold no other value: a message of these never needs the tables.
+SCALARS = frozenset({type(None), bool, int, float, str, bytes})
 
 #: Standard-library types that cross by value.
 STDLIB_VALUE_TYPES = frozenset(
@@ -72,276 +59,13 @@ STDLIB_VALUE_TYPES = frozenset(
     }
 )
 
-# --------------------------------------------------------------------------- scanner
-
-_ALLOWED_OPCODES = """
-PROTO FRAME STOP MARK POP POP_MARK NONE NEWTRUE NEWFALSE
-BININT BININT1 BININT2 LONG1 LONG4 BINFLOAT
-SHORT_BINUNICODE BINUNICODE BINUNICODE8 SHORT_BINBYTES BINBYTES BINBYTES8 BYTEARRAY8
-EMPTY_TUPLE TUPLE TUPLE1 TUPLE2 TUPLE3 EMPTY_LIST APPEND APPENDS LIST
-EMPTY_DICT SETITEM SETITEMS DICT EMPTY_SET ADDITEMS FROZENSET BINPERSID MEMOIZE
-""".split()
-
-# Per opcode byte: None = forbidden; int >= 0 = fixed argument size;
-# ("len", n) = argument is an n-byte little-endian length followed by that many bytes.
-_FORBIDDEN = -1
-_LEN1, _LEN4, _LEN8 = -2, -3, -5
-_ARG = [_FORBIDDEN] * 256
-_NAMES = ["?"] * 256
-for _op in pickletools.opcodes:
-    _code = ord(_op.code)
-    _NAMES[_code] = _op.name
-    if _op.name not in _ALLOWED_OPCODES:
-        continue
-    _n = _op.arg.n if _op.arg is not None else 0
-    if _n == pickletools.TAKEN_FROM_ARGUMENT1:
-        _ARG[_code] = _LEN1
-    elif _n in (pickletools.TAKEN_FROM_ARGUMENT4, pickletools.TAKEN_FROM_ARGUMENT4U):
-        _ARG[_code] = _LEN4
-    elif _n == pickletools.TAKEN_FROM_ARGUMENT8U:
-        _ARG[_code] = _LEN8
-    else:
-        assert _n >= 0, _op.name
-        _ARG[_code] = _n
-_BINPERSID = ord("Q")
-_STOP = ord(".")
-_PROTO = 0x80
-_PERSID = -6
-_ARG[_STOP] = _FORBIDDEN  # handled in the slow branch: it must be the last byte
-_ARG[_BINPERSID] = _PERSID
-# Fixed sizes are stored as 1 + argument size (the step to the next opcode).
-_ARG_T = tuple(k + 1 if k >= 0 else k for k in _ARG)
-
-
-def scan(body: bytes) -> bool:
-    """Check that ``body`` is a pickle made of allowed data opcodes only.
-
-    Returns whether it holds persistent ids. Raises :class:`ProtocolError` naming
-    the first forbidden opcode, or a truncated or trailing-garbage body. Bodies of
-    :data:`MAX_DEPTH` bytes or more are also checked for nesting depth *before*
-    they are unpickled (the unpickler hashes dict keys and set items recursively
-    in C, so a deep tuple there would crash the host).
-    """
-    n = len(body)
-    if n < 3 or body[0] != _PROTO:
-        raise ProtocolError("malformed body: not a pickle of protocol 2 or newer")
-    if n >= MAX_DEPTH:
-        return _scan_nested(body)
-    arg = _ARG_T
-    i = 0
-    has_pid = False
-    from_bytes = int.from_bytes
-    while i < n:
-        k = arg[body[i]]
-        if k > 0:
-            i += k
-            continue
-        op = body[i]
-        if k == _FORBIDDEN:
-            if op == _STOP:
-                if i != n - 1:
-                    raise ProtocolError(f"malformed body: {n - i - 1} bytes after STOP")
-                return has_pid
-            raise ProtocolError(
-                f"forbidden pickle opcode {_NAMES[op]} (0x{op:02x}) at offset {i}"
-            )
-        if k == _PERSID:
-            has_pid = True
-            i += 1
-            continue
-        width = 1 if k == _LEN1 else 4 if k == _LEN4 else 8
-        if i + 1 + width > n:
-            break
-        size = from_bytes(body[i + 1 : i + 1 + width], "little")
-        i += 1 + width + size
-    raise ProtocolError("malformed body: truncated pickle")
-
-
-
-# Opcode classes for the nesting simulation of large bodies.
-_K_SCALAR, _K_EMPTY, _K_MARK, _K_TUPLEN, _K_FROMMARK, _K_APPEND, _K_SETITEM = range(1, 8)
-_K_INTO_MARK, _K_POP, _K_POPMARK, _K_PERSID, _K_NOTHING = range(8, 13)
-_KIND = [0] * 256
-for _name, _kind in {
-    "NONE": _K_SCALAR, "NEWTRUE": _K_SCALAR, "NEWFALSE": _K_SCALAR, "BININT": _K_SCALAR,
-    "BININT1": _K_SCALAR, "BININT2": _K_SCALAR, "LONG1": _K_SCALAR, "LONG4": _K_SCALAR,
-    "BINFLOAT": _K_SCALAR, "SHORT_BINUNICODE": _K_SCALAR, "BINUNICODE": _K_SCALAR,
-    "BINUNICODE8": _K_SCALAR, "SHORT_BINBYTES": _K_SCALAR, "BINBYTES": _K_SCALAR,
-    "BINBYTES8": _K_SCALAR, "BYTEARRAY8": _K_SCALAR,
-    "EMPTY_TUPLE": _K_EMPTY, "EMPTY_LIST": _K_EMPTY, "EMPTY_DICT": _K_EMPTY, "EMPTY_SET": _K_EMPTY,
-    "MARK": _K_MARK, "TUPLE1": _K_TUPLEN, "TUPLE2": _K_TUPLEN, "TUPLE3": _K_TUPLEN,
-    "TUPLE": _K_FROMMARK, "LIST": _K_FROMMARK, "DICT": _K_FROMMARK, "FROZENSET": _K_FROMMARK,
-    "APPEND": _K_APPEND, "SETITEM": _K_SETITEM,
-    "APPENDS": _K_INTO_MARK, "SETITEMS": _K_INTO_MARK, "ADDITEMS": _K_INTO_MARK,
-    "POP": _K_POP, "POP_MARK": _K_POPMARK, "BINPERSID": _K_PERSID,
-    "MEMOIZE": _K_NOTHING, "FRAME": _K_NOTHING, "PROTO": _K_NOTHING,
-}.items():
-    _KIND[ord(next(o.code for o in pickletools.opcodes if o.name == _name))] = _kind
-_KIND_T = tuple(_KIND)
-_TUPLE_N = {0x85: 1, 0x86: 2, 0x87: 3}
-
-
-def _scan_nested(body: bytes) -> bool:
-    """:func:`scan` plus a simulation of the unpickler's stack that tracks how deep
-    every value nests; refuses anything deeper than :data:`MAX_DEPTH`."""
-    n = len(body)
-    arg, kinds = _ARG_T, _KIND_T
-    stack: list[int] = []
-    marks: list[int] = []
-    limit = MAX_DEPTH
-    has_pid = False
-    from_bytes = int.from_bytes
-    i = 0
-    try:
-        while i < n:
-            op = body[i]
-            k = arg[op]
-            kind = kinds[op]
-            if k > 0:
-                i += k
-            elif k == _FORBIDDEN:
-                if op == _STOP:
-                    if i != n - 1:
-                        raise ProtocolError(f"malformed body: {n - i - 1} bytes after STOP")
-                    return has_pid
-                raise ProtocolError(f"forbidden pickle opcode {_NAMES[op]} (0x{op:02x}) at offset {i}")
-            elif k == _PERSID:
-                has_pid = True
-                i += 1
-            else:
-                width = 1 if k == _LEN1 else 4 if k == _LEN4 else 8
-                if i + 1 + width > n:
-                    break
-                i += 1 + width + from_bytes(body[i + 1 : i + 1 + width], "little")
-            if kind == _K_SCALAR:
-                stack.append(0)
-                continue
-            if kind == _K_NOTHING:
-                continue
-            if kind == _K_EMPTY:
-                stack.append(1)
-                continue
-            if kind == _K_MARK:
-                marks.append(len(stack))
-                continue
-            if kind == _K_TUPLEN:
-                count = _TUPLE_N[op]
-                if len(stack) < count:
-                    raise ProtocolError("malformed body: stack underflow")
-                d = max(stack[-count:]) + 1
-                del stack[-count:]
-                stack.append(d)
-            elif kind == _K_FROMMARK:
-                m = marks.pop()
-                d = max(stack[m:], default=0) + 1
-                del stack[m:]
-                stack.append(d)
-            elif kind == _K_APPEND:
-                v = stack.pop()
-                d = stack[-1] = max(stack[-1], v + 1)
-            elif kind == _K_SETITEM:
-                v = stack.pop()
-                key = stack.pop()
-                d = stack[-1] = max(stack[-1], key + 1, v + 1)
-            elif kind == _K_INTO_MARK:
-                m = marks.pop()
-                items = stack[m:]
-                del stack[m:]
-                d = stack[-1] = max(stack[-1], max(items, default=0) + 1)
-            elif kind == _K_POP:
-                stack.pop()
-                continue
-            elif kind == _K_POPMARK:
-                del stack[marks.pop():]
-                continue
-            elif kind == _K_PERSID:
-                d = stack.pop() + 1
-                stack.append(d)
-            else:  # pragma: no cover - every allowed opcode has a kind
-                raise ProtocolError(f"unexpected opcode {_NAMES[op]}")
-            if d > limit:
-                raise ProtocolError(f"message nested deeper than {limit} levels")
-    except IndexError:
-        raise ProtocolError("malformed body: stack underflow") from None
-    raise ProtocolError("malformed body: truncated pickle")
-
-
-class Inert:
-    """What a persistent id from the sandbox decodes to: data, nothing more.
-
-    It cannot be called, has no state to set and no items to add, so the pickle
-    opcodes the scanner might have missed would fail on it rather than act.
-    """
-
-    __slots__ = ("pid",)
-
-    def __init__(self, pid: Any) -> None:
-        self.pid = pid
-
-    def __setstate__(self, state: Any) -> None:
-        raise ProtocolError("BUILD on a reference")
-
-    def __reduce__(self) -> Any:
-        raise ProtocolError("an undecoded reference cannot be pickled")
-
-
-class SafeUnpickler(pickle.Unpickler):
-    """Unpickler for scanned bodies: no globals, persistent ids become :class:`Inert`."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise ProtocolError(f"forbidden global {module}.{name}")
-
-    def persistent_load(self, pid: Any) -> Inert:
-        return Inert(pid)
-
-
-def loads_untrusted(body: bytes) -> tuple[Any, bool]:
-    """Decode a body from the sandbox: scan, then unpickle. Returns (object, has_refs)."""
-    has_pid = scan(body)
-    try:
-        if has_pid:
-            return SafeUnpickler(io.BytesIO(body)).load(), True
-        return pickle.loads(body), False
-    except ProtocolError:
-        raise
-    except RecursionError:
-        raise ProtocolError("malformed body: nested too deeply") from None
-    except Exception as exc:
-        raise ProtocolError(f"malformed body: {type(exc).__name__}: {str(exc)[:200]}") from None
-
-
-def resolve(obj: Any, on_inert: Callable[[Inert], Any], depth: int = 0) -> Any:
-    """Walk a decoded tree: check depth and swap every :class:`Inert` via ``on_inert``."""
-    t = type(obj)
-    if t in _SCALARS:
-        return obj
-    if depth >= MAX_DEPTH:
-        raise ProtocolError(f"message nested deeper than {MAX_DEPTH} levels")
-    d = depth + 1
-    if t is Inert:
-        return on_inert(obj)
-    if t is list:
-        for i, x in enumerate(obj):
-            if type(x) not in _SCALARS:
-                obj[i] = resolve(x, on_inert, d)
-        return obj
-    if t is tuple:
-        if all(type(x) in _SCALARS for x in obj):
-            return obj
-        return tuple([resolve(x, on_inert, d) for x in obj])
-    if t is dict:
-        if all(type(k) in _SCALARS for k in obj):
-            for k, v in obj.items():
-                if type(v) not in _SCALARS:
-                    obj[k] = resolve(v, on_inert, d)
-            return obj
-        return {resolve(k, on_inert, d): resolve(v, on_inert, d) for k, v in obj.items()}
-    if t is set:
-        return {resolve(x, on_inert, d) for x in obj}
-    if t is frozenset:
-        return frozenset(resolve(x, on_inert, d) for x in obj)
-    raise ProtocolError(f"unexpected {t.__name__} in a decoded message")
-
+#: Bits of a Fraction's numerator or denominator (building one costs a gcd).
+MAX_FRACTION_BITS = 4096
+#: Characters of a Decimal's text, and its exponent's magnitude.
+MAX_DECIMAL_CHARS = 1000
+MAX_DECIMAL_EXPONENT = 999_999
+#: Dimensions of an array.
+MAX_NDIM = 32
 
 # --------------------------------------------------------------------------- value records
 
@@ -411,7 +135,59 @@ def encode_value_record(obj: Any) -> tuple | None:
         return ("v", "Fraction", (obj.numerator, obj.denominator))
     if t is uuid.UUID:
         return ("v", "UUID", obj.int)
+    if is_ndarray(obj):
+        return ("v", "ndarray", _encode_ndarray(obj))
     return None
+
+
+# --------------------------------------------------------------------------- numpy arrays
+
+_DTYPE = re.compile(r"^[<>|=]?[biufcSU][0-9]{1,5}$")
+
+
+def is_ndarray(obj: Any) -> bool:
+    """True for a ``numpy.ndarray`` itself (not a subclass), without importing numpy."""
+    t = type(obj)
+    return t.__name__ == "ndarray" and t.__module__ == "numpy"
+
+
+def _encode_ndarray(arr: Any) -> tuple:
+    import pickle
+
+    import numpy
+
+    dt = arr.dtype
+    if dt.hasobject or dt.fields is not None or not _DTYPE.match(dt.str):
+        raise CapabilityError(
+            f"a numpy array of dtype {dt} cannot cross by value: only plain dtypes (bool, "
+            "ints, floats, complex, fixed-width bytes and str) can; convert it first"
+        )
+    if not arr.flags.c_contiguous:
+        arr = numpy.ascontiguousarray(arr)
+    data = pickle.PickleBuffer(arr) if arr.flags.writeable else arr.tobytes()
+    return (dt.str, tuple(int(d) for d in arr.shape), data)
+
+
+def _decode_ndarray(payload: Any) -> Any:
+    _need(type(payload) is tuple and len(payload) == 3, "ndarray")
+    dtype, shape, data = payload
+    _need(type(dtype) is str and _DTYPE.match(dtype) is not None, "ndarray")
+    _need(type(shape) is tuple and len(shape) <= MAX_NDIM and all(type(d) is int and d >= 0 for d in shape),
+          "ndarray")
+    _need(type(data) in (bytes, bytearray), "ndarray")
+    width = int(dtype.lstrip("<>|=")[1:])
+    itemsize = width * 4 if "U" in dtype else width
+    count = 1
+    for d in shape:
+        count *= d
+    _need(itemsize > 0 and count * itemsize == len(data), "ndarray")
+    try:
+        import numpy
+    except ImportError:
+        raise ProtocolError("a numpy array arrived, but numpy cannot be imported here") from None
+    dt = numpy.dtype(dtype)
+    _need(dt.itemsize == itemsize, "ndarray")
+    return numpy.frombuffer(data, dtype=dt).reshape(shape)
 
 
 def _need(cond: bool, kind: str) -> None:
@@ -442,12 +218,18 @@ def decode_value_record(kind: Any, payload: Any) -> Any:
             _need(type(tz) is _dt.timezone, kind)
             return tz
         if kind == "Decimal":
-            _need(type(payload) is str and len(payload) <= 10_000, kind)
-            return decimal.Decimal(payload)
+            _need(type(payload) is str and len(payload) <= MAX_DECIMAL_CHARS, kind)
+            value = decimal.Decimal(payload)
+            if value.is_finite():
+                _need(abs(value.as_tuple().exponent) <= MAX_DECIMAL_EXPONENT, kind)  # type: ignore[arg-type]
+            return value
         if kind == "Fraction":
             _need(type(payload) is tuple and len(payload) == 2 and all(type(x) is int for x in payload)
-                  and payload[1] != 0, kind)
+                  and payload[1] > 0 and max(payload[0].bit_length(), payload[1].bit_length())
+                  <= MAX_FRACTION_BITS, kind)
             return fractions.Fraction(payload[0], payload[1])
+        if kind == "ndarray":
+            return _decode_ndarray(payload)
         if kind == "UUID":
             _need(type(payload) is int and 0 <= payload < 1 << 128, kind)
             return uuid.UUID(int=payload)

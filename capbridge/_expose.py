@@ -1,5 +1,6 @@
-"""What a host object lets the sandbox reach: ``expose``, ``capability``, ``facet``,
-``revocable`` and ``value_type``, and the :class:`Interface` computed from them.
+"""What a host object lets the sandbox reach: ``expose``, ``capability`` and
+``value_type``, and the :class:`Interface` computed from them (``facet`` and
+``revocable`` live in :mod:`capbridge._membrane`).
 
 Access control is an explicit allow-list per class. Nothing is reachable because of
 how it is named; a member is reachable because the host marked it.
@@ -19,8 +20,6 @@ from ._errors import CapabilityError
 __all__ = [
     "expose",
     "capability",
-    "facet",
-    "revocable",
     "value_type",
     "Interface",
     "interface_of",
@@ -266,161 +265,6 @@ def is_capability(obj: Any) -> bool:
     return interface_of(obj) is not None
 
 
-# --------------------------------------------------------------------------- facets
-
-
-class Facet:
-    """A capability that exposes only some names of another object.
-
-    Made by :func:`facet`; the sandbox sees only the names given.
-    """
-
-    __slots__ = ("_cb_target", "_cb_iface", "__weakref__")
-
-    def __init__(self, target: Any, iface: Interface) -> None:
-        self._cb_target = target
-        self._cb_iface = iface
-
-    def _cb_wrapper_interface(self) -> Interface:
-        return self._cb_iface
-
-    def __repr__(self) -> str:
-        return f"<facet of {type(self._cb_target).__name__}: {', '.join(self._cb_iface.exposed_names())}>"
-
-
-def facet(obj: Any, *names: str) -> Facet:
-    """A capability exposing only ``names`` of ``obj`` (attenuation).
-
-    ``obj`` can be any object, exposed or not. Each name becomes a method when the
-    attribute is callable, a property when it is a property (settable if it has a
-    setter) and a read-only attribute otherwise.
-    """
-    if not names:
-        raise ValueError("facet() needs at least one name to expose")
-    if isinstance(obj, (Facet, Revocable)):
-        # Narrowing a capability: only names it already offers, and the wrapper stays
-        # in the chain so its revoker (if any) still applies.
-        inner = obj._cb_iface
-        offered = {**inner.methods, **inner.properties, **inner.dunders}
-        missing = [n for n in names if n not in offered]
-        if missing:
-            raise CapabilityError(
-                f"facet() cannot widen a capability: {', '.join(missing)} not offered by it "
-                f"(it offers: {', '.join(sorted(offered)) or 'nothing'})"
-            )
-        iface = Interface(
-            name=inner.name,
-            doc=inner.doc,
-            methods={n: m for n, m in inner.methods.items() if n in names},
-            properties={n: p for n, p in inner.properties.items() if n in names},
-            dunders={n: d for n, d in inner.dunders.items() if n in names},
-            callable="__call__" in names and inner.callable,
-            call_signature=inner.call_signature if "__call__" in names else "",
-        )
-        return Facet(obj, iface)
-    methods: dict[str, Member] = {}
-    props: dict[str, Prop] = {}
-    dunders: dict[str, Member] = {}
-    base = obj
-    cls = type(base)
-    for name in names:
-        if not isinstance(name, str) or not name.isidentifier():
-            raise ValueError(f"facet(): {name!r} is not an attribute name")
-        is_dunder = name.startswith("__") and name.endswith("__")
-        if is_dunder:
-            if name not in ALLOWED_DUNDERS:
-                raise ValueError(f"facet(): {name} cannot be exposed")
-            fn = getattr(cls, name, None)
-            if fn is None:
-                raise AttributeError(f"{cls.__name__} has no attribute {name!r}")
-            dunders[name] = Member(_doc(fn), _signature(fn, drop_first=True))
-            continue
-        import inspect
-
-        class_attr = inspect.getattr_static(base, name, None)
-        if isinstance(class_attr, property):
-            props[name] = Prop(_doc(class_attr), class_attr.fset is not None)
-            continue
-        if not hasattr(base, name):
-            raise AttributeError(f"{cls.__name__} has no attribute {name!r}")
-        value = getattr(base, name)
-        if callable(value):
-            methods[name] = Member(_doc(value), _signature(value))
-        else:
-            props[name] = Prop("", False)
-    iface = Interface(
-        name=cls.__name__,
-        doc=_doc(cls) if cls.__doc__ is not None else "",
-        methods=methods,
-        properties=props,
-        dunders=dunders,
-        callable="__call__" in dunders,
-        call_signature=dunders["__call__"].signature if "__call__" in dunders else "",
-    )
-    return Facet(base, iface)
-
-
-# --------------------------------------------------------------------------- revocation
-
-
-class Revoker:
-    """A switch shared by a revocable capability and everything reached through it."""
-
-    __slots__ = ("revoked", "__weakref__")
-
-    def __init__(self) -> None:
-        self.revoked = False
-
-
-class Revocable:
-    """A capability forwarding to another until it is revoked. Made by :func:`revocable`."""
-
-    __slots__ = ("_cb_target", "_cb_iface", "_cb_revoker", "__weakref__")
-
-    def __init__(self, target: Any, iface: Interface, revoker: Revoker) -> None:
-        self._cb_target = target
-        self._cb_iface = iface
-        self._cb_revoker = revoker
-
-    def _cb_wrapper_interface(self) -> Interface:
-        return self._cb_iface
-
-    def __repr__(self) -> str:
-        state = "revoked" if self._cb_revoker.revoked else "live"
-        return f"<revocable {self._cb_iface.name} ({state})>"
-
-
-def revocable(obj: Any) -> tuple[Revocable, Callable[[], None]]:
-    """Return ``(cap, revoke)``.
-
-    ``cap`` forwards to ``obj``. After ``revoke()`` every use of ``cap``, and of
-    every capability the sandbox reached only through it, raises
-    :class:`~capbridge.RevokedError`.
-    """
-    iface = interface_of(obj)
-    if iface is None:
-        raise CapabilityError(
-            f"revocable(): {type(obj).__name__} exposes nothing; mark members with @expose "
-            "or wrap it with facet(obj, 'name', ...) first"
-        )
-    revoker = Revoker()
-
-    def revoke() -> None:
-        revoker.revoked = True
-
-    return Revocable(obj, iface, revoker), revoke
-
-
-def unwrap(obj: Any) -> tuple[Any, tuple[Revoker, ...]]:
-    """Follow facets and revocables to the object that does the work."""
-    revokers: list[Revoker] = []
-    while isinstance(obj, (Facet, Revocable)):
-        if isinstance(obj, Revocable):
-            revokers.append(obj._cb_revoker)
-        obj = obj._cb_target
-    return obj, tuple(revokers)
-
-
 # --------------------------------------------------------------------------- value types
 
 
@@ -490,6 +334,6 @@ def registered_value_types() -> Iterable[ValueType]:
     return list(_VALUE_TYPES.values())
 
 
-for _obj in (expose, capability, facet, revocable, value_type, Interface, Facet, Revocable):
+for _obj in (expose, capability, value_type, Interface):
     _obj.__module__ = "capbridge"
 del _obj

@@ -1,24 +1,32 @@
 """The wire protocol, without I/O: frames in, messages out.
 
 A frame is a 4-byte big-endian body length followed by the body. The length is
-checked against the frame limit before a byte of the body is kept. A body is a
-pickled tuple whose first item is a message tag (see :class:`Tag`).
+checked against the frame limit before a byte of the body is kept.
 
-Messages (every id is an ``int``):
+A body is a fixed binary header (the tag and the message's ids, little-endian)
+followed by a pickle of the rest (the payload). The header is read with one
+``struct`` call; only the payload goes through a decoder, and the host's decoder of
+sandbox payloads knows which call (and which capability) a payload belongs to
+before it reads a byte of it.
 
-=========  =====================================================================
-tag        fields
-=========  =====================================================================
-CALL       ``qid, parent, target, op, name, args, kwargs`` - run ``op`` on the
-           receiver's export ``target``; ``parent`` is the sender's answer that
-           this call is nested in (0 when none), so the receiver can serve the
-           reply on the thread waiting for it
-RETURN     ``qid, value``
-RAISE      ``qid, error`` - ``error`` is exception data, see ``_errordata``
-RELEASE    ``pairs`` - ``((export_id, count), ...)``: the sender dropped that
-           many references to each of the receiver's exports
-HELLO      ``version, report`` - first frame of a sandbox: ready, or why not
-=========  =====================================================================
+=========  ==========================================  =============================
+tag        header (after the tag byte)                 payload
+=========  ==========================================  =============================
+CALL       ``qid`` u64, ``parent`` u64, ``target``     ``(name, args, kwargs)``
+           u64, ``op`` u8
+RETURN     ``qid`` u64                                 the value
+RAISE      ``qid`` u64                                 exception data (``_errors_data``)
+RELEASE    -                                           ``((export_id, count), ...)``
+HELLO      ``version`` u32                             the sandbox's start-up report
+=========  ==========================================  =============================
+
+``qid`` numbers the sender's question; ``parent`` is the receiver's question this
+call is nested in (0 when none), so the receiver can serve it on the thread waiting
+for that answer; ``target`` is one of the receiver's exports (0 is the sandbox
+runtime); ``op`` says what to do with it (see :class:`Op`). RELEASE says the sender
+dropped that many references to each of the receiver's exports. Decoded messages
+are tuples: ``(tag, qid, parent, target, op, name, args, kwargs)``, ``(tag, qid,
+value)``, ``(tag, qid, error)``, ``(tag, pairs)`` and ``(tag, version, report)``.
 """
 
 from __future__ import annotations
@@ -38,10 +46,18 @@ __all__ = [
     "check_message",
     "PROTOCOL_VERSION",
     "HEADER",
+    "CALL_HEADER",
+    "ANSWER_HEADER",
+    "HELLO_HEADER",
+    "split",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 HEADER = struct.Struct(">I")
+#: Body headers: tag, then the ids (see the module docstring).
+CALL_HEADER = struct.Struct("<BQQQB")
+ANSWER_HEADER = struct.Struct("<BQ")
+HELLO_HEADER = struct.Struct("<BI")
 _HEADER_SIZE = HEADER.size
 _pack_header = HEADER.pack
 
@@ -140,7 +156,7 @@ class FrameReader:
 # --------------------------------------------------------------------------- validation
 
 MAX_NAME = 256
-_MAX_ID = 1 << 62
+MAX_ID = 1 << 62
 
 
 def _bad(what: str) -> ProtocolError:
@@ -148,70 +164,116 @@ def _bad(what: str) -> ProtocolError:
 
 
 def _check_id(value: Any, field: str, *, zero_ok: bool = False) -> None:
-    if type(value) is not int or not ((0 if zero_ok else 1) <= value < _MAX_ID):
+    if type(value) is not int or not ((0 if zero_ok else 1) <= value < MAX_ID):
         raise _bad(f"{field} must be a positive int, got {type(value).__name__} {safe_repr(value)}")
 
 
-def check_message(msg: Any) -> tuple:
-    """Check the shape of a decoded message from an untrusted peer.
+_CALL, _RETURN, _RAISE, _RELEASE, _HELLO = (int(t) for t in (Tag.CALL, Tag.RETURN, Tag.RAISE, Tag.RELEASE, Tag.HELLO))
+_OPS = frozenset(int(o) for o in Op)
+_unpack_call = CALL_HEADER.unpack_from
+_unpack_answer = ANSWER_HEADER.unpack_from
 
-    Returns ``msg``; raises :class:`ProtocolError` naming the field that is wrong.
+
+def split(body: Any) -> tuple[tuple, int]:
+    """Read the header of a body from an untrusted peer.
+
+    Returns the header fields as a tuple starting with the tag, and the offset of the
+    payload. Raises :class:`ProtocolError` naming the field that is wrong.
     """
+    n = len(body)
+    if not n:
+        raise _bad("empty body")
+    tag = body[0]
+    if tag == _RETURN or tag == _RAISE:
+        if n < 9:
+            raise _bad(f"{Tag(tag).name} header cut short ({n} bytes)")
+        head = _unpack_answer(body)
+        if not 0 < head[1] < MAX_ID:
+            _check_id(head[1], f"{Tag(tag).name} qid")
+        return head, 9
+    if tag == _CALL:
+        if n < 26:
+            raise _bad(f"CALL header cut short ({n} bytes)")
+        head = _unpack_call(body)
+        _, qid, parent, target, op = head
+        if not 0 < qid < MAX_ID:
+            _check_id(qid, "CALL qid")
+        if parent >= MAX_ID:
+            _check_id(parent, "CALL parent", zero_ok=True)
+        if target >= MAX_ID:
+            _check_id(target, "CALL target", zero_ok=True)
+        if op not in _OPS:
+            raise _bad(f"CALL op {op} is unknown")
+        return head, 26
+    if tag == _RELEASE:
+        return (tag,), 1
+    if tag == _HELLO:
+        if n < 5:
+            raise _bad(f"HELLO header cut short ({n} bytes)")
+        return HELLO_HEADER.unpack_from(body), 5
+    raise _bad(f"unknown message tag {tag}")
+
+
+def check_call_payload(payload: Any) -> tuple:
+    """Check the ``(name, args, kwargs)`` payload of a CALL; returns it."""
+    if type(payload) is not tuple or len(payload) != 3:
+        raise _bad(f"CALL payload must be (name, args, kwargs), got {type(payload).__name__}")
+    name, args, kwargs = payload
+    if name is not None and (type(name) is not str or len(name) > MAX_NAME):
+        raise _bad("CALL name must be None or a short str")
+    if type(args) is not tuple:
+        raise _bad(f"CALL args must be a tuple, got {type(args).__name__}")
+    if type(kwargs) is not dict:
+        raise _bad(f"CALL kwargs must be a dict with str keys, got {type(kwargs).__name__}")
+    if kwargs:
+        for k in kwargs:
+            if type(k) is not str:
+                raise _bad("CALL kwargs must be a dict with str keys")
+    return payload
+
+
+def check_release(pairs: Any) -> tuple:
+    """Check the payload of a RELEASE; returns it."""
+    if type(pairs) is not tuple:
+        raise _bad("RELEASE must carry a tuple of (id, count) pairs")
+    for pair in pairs:
+        if type(pair) is not tuple or len(pair) != 2:
+            raise _bad("RELEASE pair must be (id, count)")
+        _check_id(pair[0], "RELEASE id")
+        _check_id(pair[1], "RELEASE count")
+    return pairs
+
+
+def check_message(msg: Any) -> tuple:
+    """Check the shape of a decoded message tuple (see the module docstring)."""
     if type(msg) is not tuple or not msg:
         raise _bad(f"expected a tuple, got {type(msg).__name__}")
     tag = msg[0]
     if type(tag) is not int:
         raise _bad(f"unknown message tag {safe_repr(tag)}")
-    if tag == _RETURN:  # the most frequent message: checked first, inline
+    if tag == _RETURN or tag == _RAISE:
         if len(msg) != 3:
-            raise _bad(f"RETURN has {len(msg)} fields, expected 3")
-        qid = msg[1]
-        if type(qid) is not int or not 0 < qid < _MAX_ID:
-            _check_id(qid, "RETURN qid")
+            raise _bad(f"{Tag(tag).name} has {len(msg)} fields, expected 3")
+        _check_id(msg[1], f"{Tag(tag).name} qid")
         return msg
     if tag == _CALL:
         if len(msg) != 8:
             raise _bad(f"CALL has {len(msg)} fields, expected 8")
         _, qid, parent, target, op, name, args, kwargs = msg
-        if type(qid) is not int or not 0 < qid < _MAX_ID:
-            _check_id(qid, "CALL qid")
-        if type(parent) is not int or not 0 <= parent < _MAX_ID:
-            _check_id(parent, "CALL parent", zero_ok=True)
-        if type(target) is not int or not 0 <= target < _MAX_ID:
-            _check_id(target, "CALL target", zero_ok=True)
+        _check_id(qid, "CALL qid")
+        _check_id(parent, "CALL parent", zero_ok=True)
+        _check_id(target, "CALL target", zero_ok=True)
         if type(op) is not int or op not in _OPS:
             raise _bad(f"CALL op {safe_repr(op)} is unknown")
-        if name is not None and (type(name) is not str or len(name) > MAX_NAME):
-            raise _bad("CALL name must be None or a short str")
-        if type(args) is not tuple:
-            raise _bad(f"CALL args must be a tuple, got {type(args).__name__}")
-        if type(kwargs) is not dict:
-            raise _bad("CALL kwargs must be a dict with str keys")
-        if kwargs:
-            for k in kwargs:
-                if type(k) is not str:
-                    raise _bad("CALL kwargs must be a dict with str keys")
-        return msg
-    if tag == _RAISE:
-        if len(msg) != 3:
-            raise _bad(f"RAISE has {len(msg)} fields, expected 3")
-        _check_id(msg[1], "RAISE qid")
+        check_call_payload((name, args, kwargs))
         return msg
     if tag == _RELEASE:
-        if len(msg) != 2 or type(msg[1]) is not tuple:
+        if len(msg) != 2:
             raise _bad("RELEASE must carry a tuple of (id, count) pairs")
-        for pair in msg[1]:
-            if type(pair) is not tuple or len(pair) != 2:
-                raise _bad("RELEASE pair must be (id, count)")
-            _check_id(pair[0], "RELEASE id")
-            _check_id(pair[1], "RELEASE count")
+        check_release(msg[1])
         return msg
     if tag == _HELLO:
         if len(msg) != 3 or type(msg[1]) is not int:
             raise _bad("HELLO must be (tag, version, report)")
         return msg
     raise _bad(f"unknown message tag {safe_repr(tag)}")
-
-
-_OPS = frozenset(int(o) for o in Op)
-_CALL, _RETURN, _RAISE, _RELEASE, _HELLO = (int(t) for t in (Tag.CALL, Tag.RETURN, Tag.RAISE, Tag.RELEASE, Tag.HELLO))

@@ -24,7 +24,8 @@ from ._errors_data import error_from_data
 from ._expose import registered_value_types
 from ._output import OutputSink, pump
 from ._protocol import PROTOCOL_VERSION, Op, Tag, check_message
-from ._session import AuditEvent, Session, ShippedCall
+from ._host_session import HostSession, ShippedCall
+from ._session import AuditEvent
 
 __all__ = ["Sandbox", "Limits"]
 
@@ -40,6 +41,8 @@ class Limits:
     its life. ``wall_seconds``: wall-clock time of each call from the host into the
     sandbox. ``max_message_mb``: the largest frame either side may send.
     ``max_output_kb``: bytes of stdout+stderr passed on to the host.
+    ``max_decoded_mb``: host memory one message from the sandbox may decode into (it
+    is also held to 15 times the message's size, or 16 MiB when that is more).
     """
 
     memory_mb: int | None = 512
@@ -47,6 +50,7 @@ class Limits:
     wall_seconds: float | None = 30
     max_message_mb: float | None = 64
     max_output_kb: int | None = 1024
+    max_decoded_mb: float | None = 512
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -58,6 +62,11 @@ class Limits:
     def max_frame(self) -> int:
         mb = self.max_message_mb
         return (1 << 31) - 1 if mb is None else int(mb * 1024 * 1024)
+
+    @property
+    def max_decoded(self) -> int:
+        mb = self.max_decoded_mb
+        return 1 << 62 if mb is None else int(mb * 1024 * 1024)
 
 
 _CONFINEMENTS = ("strict", "best-effort", "none")
@@ -125,12 +134,14 @@ class Sandbox:
             cpu_seconds=self.limits.cpu_seconds,
             allow_imports=tuple(allow_imports),
             max_message_bytes=self.limits.max_frame,
+            max_decoded_bytes=self.limits.max_decoded,
             debug=debug,
         )
         self._proc = spawn(config)
         self.pid = self._proc.pid
-        self._session = Session(trusted_peer=False, max_frame=self.limits.max_frame, debug=debug,
-                                allow_modules=tuple(allow_imports), audit=audit, awaiter=_awaiter)
+        self._session = HostSession(max_frame=self.limits.max_frame, debug=debug,
+                                    allow_modules=tuple(allow_imports), audit=audit, awaiter=_awaiter,
+                                    max_decoded=self.limits.max_decoded)
         self._chan = Channel(self._session, self._proc.rfd, self._proc.wfd,
                              on_fatal=self._on_fatal, raise_error=self._remote_error,
                              wall=self.limits.wall_seconds, on_deadline=self._on_deadline)
@@ -207,13 +218,9 @@ class Sandbox:
 
     def _maybe_install_fs(self, grants: Mapping[str, Any]) -> None:
         fs = grants.get("fs")
-        if fs is None:
-            return
-        try:
-            from host_apis import MemoryFS, VirtualFS  # type: ignore[attr-defined]
-        except Exception:
-            return
-        if isinstance(fs, (VirtualFS, MemoryFS)):
+        # A file system capability says so; the sandbox then routes open() and os
+        # functions to it.
+        if fs is not None and getattr(type(fs), "capbridge_file_system", False):
             self._boot("install_fs", "fs")
 
     # ------------------------------------------------------------------ public API

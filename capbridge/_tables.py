@@ -16,32 +16,33 @@ import itertools
 import threading
 from typing import Any, Callable
 
-from ._expose import Interface, Revoker
+from ._expose import Interface
 
 __all__ = ["Export", "ExportTable", "ImportEntry", "ImportTable", "Tables"]
 
 
 class Export:
-    """One of our objects the peer can reach."""
+    """One of our objects the peer can reach.
 
-    __slots__ = ("id", "obj", "target", "iface", "revokers", "count", "iterator")
+    ``obj`` is what was exported: a plain capability (then ``target`` is the same
+    object), or a membrane wrapper (then ``membrane`` is its membrane and ``target``
+    is None: the wrapper holds the target until it is revoked).
+    """
 
-    def __init__(self, eid: int, obj: Any, target: Any, iface: Interface | None,
-                 revokers: frozenset[Revoker], iterator: bool = False) -> None:
+    __slots__ = ("id", "obj", "target", "iface", "membrane", "count")
+
+    def __init__(self, eid: int, obj: Any, target: Any, iface: Interface | None, membrane: Any) -> None:
         self.id = eid
-        self.obj = obj  # what was exported (maybe a facet or revocable wrapper)
-        self.target = target  # the object that does the work
+        self.obj = obj
+        self.target = target
         self.iface = iface
-        self.revokers = revokers
+        self.membrane = membrane
         self.count = 0
-        self.iterator = iterator
 
     @property
     def revoked(self) -> bool:
-        for r in self.revokers:
-            if r.revoked:
-                return True
-        return False
+        m = self.membrane
+        return m is not None and (m.revoked or self.obj._cb_raw is None)
 
 
 class ExportTable:
@@ -53,22 +54,20 @@ class ExportTable:
         self._next = 1
         self._lock = threading.Lock()
 
-    def export(self, obj: Any, target: Any, iface: Interface | None,
-               revokers: frozenset[Revoker] = frozenset(), *, iterator: bool = False) -> Export:
+    def export(self, obj: Any, target: Any, iface: Interface | None, membrane: Any = None) -> Export:
         """Count one more reference to ``obj`` sent to the peer; returns its entry.
 
-        An object reached again through another path keeps only the revokers common
-        to both paths: it is revoked only if every way to it is.
+        One entry per object: the same object exported again gets the same id. A
+        membrane wrapper is its own object, so one target reached through two
+        membranes has two entries.
         """
         with self._lock:
             entry = self._by_obj.get(id(obj))
             if entry is None or entry.obj is not obj:
-                entry = Export(self._next, obj, target, iface, revokers, iterator)
+                entry = Export(self._next, obj, target, iface, membrane)
                 self._next += 1
                 self._by_id[entry.id] = entry
                 self._by_obj[id(obj)] = entry
-            elif entry.revokers and entry.revokers != revokers:
-                entry.revokers = entry.revokers & revokers
             entry.count += 1
             return entry
 

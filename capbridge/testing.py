@@ -14,7 +14,8 @@ from typing import Any
 from ._channel import Channel
 from ._errors_data import error_from_data
 from ._protocol import Op
-from ._session import Session
+from ._host_session import HostSession
+from ._sandbox_session import SandboxSession
 
 __all__ = ["Pair", "pair"]
 
@@ -32,8 +33,8 @@ class Pair:
         a_r, a_w = os.pipe()  # host -> sandbox
         b_r, b_w = os.pipe()  # sandbox -> host
         self._fds = (a_r, a_w, b_r, b_w)
-        self.host_session = Session(trusted_peer=False, max_frame=max_frame)
-        self.sandbox_session = Session(trusted_peer=True, max_frame=max_frame, bootstrap=host_bootstrap)
+        self.host_session = HostSession(max_frame=max_frame)
+        self.sandbox_session = SandboxSession(max_frame=max_frame, bootstrap=host_bootstrap)
         self.host = Channel(self.host_session, b_r, a_w)
         self.sandbox = Channel(self.sandbox_session, a_r, b_w,
                                raise_error=lambda d: error_from_data(d, trusted=True))

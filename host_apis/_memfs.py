@@ -112,6 +112,9 @@ class MemoryFS(StatQueries):
     removing frees room. ``read_only=True`` refuses every change from the sandbox.
     """
 
+    #: Tells the sandbox to route open() and os functions to this grant (as ``fs``).
+    capbridge_file_system = True
+
     def __init__(
         self,
         files: Mapping[str, bytes | str] | None = None,

@@ -170,6 +170,9 @@ class VirtualFS(StatQueries):
     :data:`host_apis.StatTuple`). Call :meth:`close` on the host when done.
     """
 
+    #: Tells the sandbox to route open() and os functions to this grant (as ``fs``).
+    capbridge_file_system = True
+
     def __init__(self, mounts: Mapping[str, MountSpec]) -> None:
         if not isinstance(mounts, Mapping) or not mounts:
             raise ValueError("VirtualFS needs a mapping of at least one virtual path to a mount")

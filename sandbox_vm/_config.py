@@ -19,6 +19,7 @@ class SandboxConfig:
     cpu_seconds: float | None = 60
     allow_imports: tuple[str, ...] = ()
     max_message_bytes: int = 64 * 1024 * 1024
+    max_decoded_bytes: int = 512 * 1024 * 1024
     debug: bool = False
 
     def __post_init__(self) -> None:

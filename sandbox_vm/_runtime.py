@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import sys
 import types
 from typing import Any
@@ -19,8 +18,10 @@ __all__ = ["serve", "report_failure", "Runtime"]
 
 
 def _hello(version: int, report: Any) -> bytes:
-    body = pickle.dumps((5, version, report), 5)
-    return len(body).to_bytes(4, "big") + body
+    from capbridge._protocol import frame
+    from capbridge._sandbox_session import hello_body
+
+    return frame(hello_body(version, report))
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -105,7 +106,7 @@ class Runtime:
 
     def value_types(self, specs: tuple) -> None:
         from capbridge._expose import value_type_named
-        from capbridge._session import make_lookalike
+        from capbridge._sandbox_session import make_lookalike
 
         for name, fields, is_tuple in specs:
             vt = value_type_named(name)
@@ -156,7 +157,8 @@ def serve(rfd: int, wfd: int, config: SandboxConfig, report: Any) -> int:
     from capbridge._channel import Channel
     from capbridge._errors_data import error_from_data
     from capbridge._protocol import PROTOCOL_VERSION
-    from capbridge._session import Session
+    from capbridge._decoder import Budget
+    from capbridge._sandbox_session import SandboxSession
 
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
                                   errors="backslashreplace", line_buffering=True)
@@ -166,8 +168,8 @@ def serve(rfd: int, wfd: int, config: SandboxConfig, report: Any) -> int:
     layers = tuple((l.layer, bool(l.in_force), str(l.detail)) for l in getattr(report, "layers", ()))
     _write_all(wfd, _hello(PROTOCOL_VERSION, ("ok", os.getpid(), layers)))
     runtime = Runtime(config)
-    session = Session(trusted_peer=True, max_frame=config.max_message_bytes, debug=config.debug,
-                      bootstrap=runtime)
+    session = SandboxSession(max_frame=config.max_message_bytes, debug=config.debug, bootstrap=runtime,
+                             host_budget=Budget(max_bytes=config.max_decoded_bytes))
     chan = Channel(session, rfd, wfd, raise_error=lambda data: error_from_data(data, trusted=True))
     import gc
 
