@@ -1,6 +1,6 @@
 """Hostile frames from the sandbox, at three levels.
 
-1. sans-IO: each body goes to a bare host ``Session(trusted_peer=False).decode`` (and
+1. sans-IO: each body goes to a bare host ``HostSession().decode`` (and
    raw bytes to ``FrameReader``) and must raise ``ProtocolError`` naming the fault.
 2. in-process channel: the sandbox end of :func:`capbridge.testing.pair` writes the
    frame onto its pipe while the host waits for an answer.
@@ -31,7 +31,7 @@ import capbridge
 from capbridge import Limits, ProtocolError, SandboxError, expose
 from capbridge._errors_data import error_from_data
 from capbridge._protocol import FrameReader, Tag
-from capbridge._session import Session
+from capbridge._host_session import HostSession
 
 sys.path.insert(0, os.path.dirname(__file__))
 import hostile as H  # noqa: E402
@@ -81,9 +81,9 @@ def test_there_are_enough_cases():
 
 
 def _host_session():
-    session = Session(trusted_peer=False, max_frame=MAX_FRAME)
+    session = HostSession(max_frame=MAX_FRAME)
     vault = Vault()
-    pid = session._export(vault)
+    pid = session.export(vault, None, None)
     return session, vault, pid[1]
 
 
@@ -186,7 +186,7 @@ def test_channel(case, ctx):
         vault = Vault()
         session = p.host_session
         with p.host._send_lock:
-            cap_id = session._export(vault)[1]
+            cap_id = session.export(vault, None, None)[1]
         before = copy.deepcopy(vault.__dict__)
         qid_next = None
         data = case.build(ctx)
@@ -331,19 +331,22 @@ def test_e2e_frame_just_over_max_message_mb():
 def test_e2e_frame_exactly_at_max_message_mb_is_accepted():
     """The boundary: a valid frame of exactly the limit is served, the sandbox lives."""
     limit = 1024 * 1024
-    sb = _sandbox("none", limits=Limits(max_message_mb=1, wall_seconds=10))
+    vault = Vault()
+    sb = _sandbox("none", {"vault": vault}, limits=Limits(max_message_mb=1, wall_seconds=10))
     try:
-        tail = H.POP + H.tup(H.i(int(Tag.RELEASE)), H.EMPTY_TUPLE) + H.STOP
-        fixed = len(H.PROTO) + 1 + 4 + len(tail)
-        filler = limit - fixed
-        head = struct.pack(">I", limit) + H.PROTO + H.BINBYTES + struct.pack("<I", filler)
+        empty = H.call_with(H.by(b""))
+        filler = limit - len(empty) - 3  # BINBYTES instead of SHORT_BINBYTES: 3 more length bytes
+        body = H.call_with(H.BINBYTES + struct.pack("<I", filler) + b"\0" * filler)
+        assert len(body) == limit
+        cut = body.index(b"\0" * 64)
+        head, tail = body[:cut], body[cut + filler:]
         mod = sb.load(H.ATTACK_SRC, "hostile_attack")
-        # pad with zeros, then the tail is written by a second stash: build it here.
-        mod.stash(head, None, True, filler)
+        mod.stash(struct.pack(">I", limit) + head, "vault", True, filler)  # the zeros are padded inside
         sb.exec("import hostile_attack\nhostile_attack._pending[0] += " + repr(tail))
         sb.exec("import hostile_attack\nhostile_attack.fire(0)")
         assert sb.alive
         assert sb.eval("6 * 7") == 42
+        assert vault.calls == 1
         assert sb.stats()["bytes_to_host"] >= limit
     finally:
         sb.close()
@@ -376,7 +379,7 @@ def test_e2e_call_target_from_another_sandbox(ctx):
     try:
         a_ids = set(a._session.tables.exports._by_id)
         foreign = max(set(b._session.tables.exports._by_id) - a_ids)
-        attack(a, H.call(target=H.i(foreign)), match=rf"call to unknown export id {foreign}")
+        attack(a, H.call(target=foreign), match=rf"call to unknown export id {foreign}")
         assert b.eval("6*7") == 42
     finally:
         a.close()
@@ -390,12 +393,12 @@ _DEEP_HASH_SANS_IO = r"""
 import sys
 sys.path.insert(0, {tests!r})
 import hostile as H
-from capbridge._session import Session
+from capbridge._host_session import HostSession
 from capbridge import ProtocolError
 deep = H.EMPTY_TUPLE + H.TUPLE1 * 1_000_000
 body = H.call_with(H.EMPTY_DICT + deep + H.NONE + H.SETITEM)
 try:
-    Session(trusted_peer=False).decode(H.fill(body, cap_id=1))
+    HostSession().decode(H.fill(body, cap_id=1))
 except ProtocolError as e:
     print("ProtocolError", e)
 """
@@ -415,7 +418,7 @@ warnings.simplefilter("ignore")
 import hostile as H, capbridge
 sb = capbridge.Sandbox(confinement="none", limits=capbridge.Limits(wall_seconds=10))
 mod = sb.load(H.ATTACK_SRC, "hostile_attack")
-mod.stash(H.body(H.tup(H.i(4), H.tup(), H.EMPTY_SET + H.MARK + H.EMPTY_TUPLE + H.TUPLE1 * 1_000_000 + H.ADDITEMS)))
+mod.stash(H.release(H.tup(H.EMPTY_SET + H.MARK + H.EMPTY_TUPLE + H.TUPLE1 * 1_000_000 + H.ADDITEMS)))
 del mod
 try:
     sb.exec("import hostile_attack\nhostile_attack.fire()")
@@ -434,7 +437,7 @@ def test_deep_tuple_set_item_does_not_crash_the_host_e2e():
 
 def test_value_record_nesting_counts_toward_depth_limit_control():
     """Control for the next test: plain nesting past MAX_DEPTH is refused."""
-    from capbridge._codec import MAX_DEPTH
+    from capbridge._decoder import MAX_DEPTH
 
     session, _, _ = _host_session()
     deep = H.EMPTY_TUPLE + H.TUPLE1 * (MAX_DEPTH + 10)
@@ -461,7 +464,7 @@ def test_value_type_record_from_the_sandbox_is_accepted():
 
 
 def test_value_record_nesting_counts_toward_depth_limit():
-    from capbridge._codec import MAX_DEPTH
+    from capbridge._decoder import MAX_DEPTH
 
     session, _, _ = _host_session()
     # 60 levels of tuples around a value record whose field nests 60 more: 120 > MAX_DEPTH.

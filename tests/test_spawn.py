@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 
 import pytest
@@ -14,6 +13,13 @@ from sandbox_vm._spawn import ForkServer, SandboxProcess, prestart, spawn, stats
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 NONE = SandboxConfig(confinement="none")
+
+
+def read_hello(fd: int) -> tuple:
+    """The sandbox's HELLO message, read and decoded as the host does."""
+    from capbridge._host_session import HostSession
+
+    return HostSession().decode(read_frame(fd))
 
 
 def read_frame(fd: int) -> bytes:
@@ -33,7 +39,7 @@ def test_public_contract_of_spawn():
         assert proc.pid > 0
         for name in ("rfd", "wfd", "out_fd", "err_fd"):
             assert getattr(proc, name) >= 0
-        hello = pickle.loads(read_frame(proc.rfd))
+        hello = read_hello(proc.rfd)
         assert hello[2][0] == "ok"
         assert proc.poll() is None
         assert proc.wait(0.01) is None
@@ -46,7 +52,7 @@ def test_public_contract_of_spawn():
 def test_strict_sandbox_starts_locked_down():
     proc = spawn(SandboxConfig())
     try:
-        hello = pickle.loads(read_frame(proc.rfd))
+        hello = read_hello(proc.rfd)
         status, _, layers = hello[2]
         assert status == "ok", hello
         assert {name for name, in_force, _ in layers if in_force} >= {"rlimits", "landlock", "seccomp"}
