@@ -212,7 +212,7 @@ def _landlock_step(step: Step, run: _Run) -> str:
                          "Landlock restricts only the calling thread: lock down before starting threads")
     try:
         ruleset = run.ruleset or _landlock.prepare(step.param("allow_imports"))  # type: ignore[arg-type]
-        _landlock.fill_import_caches()
+        _landlock.fill_import_caches(ruleset.finder_dirs)
         _landlock.enforce(ruleset)
     except OSError as exc:
         err = exc.errno or 0
