@@ -77,6 +77,8 @@ class Sandbox:
         limits: Limits | None = None,
         confinement: str = "strict",
         allow_imports: tuple[str, ...] | list[str] = (),
+        preload: tuple[str, ...] | list[str] = (),
+        env: Mapping[str, str] | None = None,
         stdout: Callable[[str], Any] | Any = None,
         stderr: Callable[[str], Any] | Any = None,
         debug: bool = False,
@@ -84,15 +86,12 @@ class Sandbox:
         _awaiter: Callable[[Any], Any] | None = None,
     ) -> None:
         from sandbox_vm import SandboxConfig
+        from sandbox_vm._config import sandbox_options
         from sandbox_vm._spawn import spawn
 
         if confinement not in _CONFINEMENTS:
             raise ValueError(f"confinement must be one of {', '.join(map(repr, _CONFINEMENTS))}, not {confinement!r}")
-        if isinstance(allow_imports, str):
-            allow_imports = (allow_imports,)
-        for name in allow_imports:
-            if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
-                raise ValueError(f"allow_imports takes import names like 'numpy', not {name!r}")
+        packages = sandbox_options(allow_imports=allow_imports, preload=preload, env=env)
         if grants is not None and not isinstance(grants, Mapping):
             raise TypeError("grants must be a mapping of names to objects")
         for name in grants or ():
@@ -123,14 +122,14 @@ class Sandbox:
             confinement=confinement,
             memory_mb=self.limits.memory_mb,
             cpu_seconds=self.limits.cpu_seconds,
-            allow_imports=tuple(allow_imports),
             max_message_bytes=self.limits.max_frame,
             debug=debug,
+            **packages,
         )
         self._proc = spawn(config)
         self.pid = self._proc.pid
         self._session = Session(trusted_peer=False, max_frame=self.limits.max_frame, debug=debug,
-                                allow_modules=tuple(allow_imports), audit=audit, awaiter=_awaiter)
+                                allow_modules=packages["allow_imports"], audit=audit, awaiter=_awaiter)
         self._chan = Channel(self._session, self._proc.rfd, self._proc.wfd,
                              on_fatal=self._on_fatal, raise_error=self._remote_error,
                              wall=self.limits.wall_seconds, on_deadline=self._on_deadline)
