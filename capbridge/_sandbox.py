@@ -171,8 +171,10 @@ class Sandbox:
         body = result[0]
         if isinstance(body, BaseException):
             status = self._proc.wait(2.0)
+            self._sink.drain()
             self._dead_reason = SandboxCrashed(
-                f"the sandbox process ended before it was ready ({_describe_status(status)})",
+                f"the sandbox process ended before it was ready ({_describe_status(status)})"
+                + self._sink.stderr_note(),
                 *_status_fields(status),
             )
             raise self._dead_reason from body
@@ -368,8 +370,9 @@ class Sandbox:
                 "it was killed"
             )
         else:
-            err = SandboxCrashed(f"the sandbox process died ({_describe_status(status)})",
-                                 *_status_fields(status))
+            self._sink.drain()
+            err = SandboxCrashed(f"the sandbox process died ({_describe_status(status)})"
+                                 + self._sink.stderr_note(), *_status_fields(status))
         err.__cause__ = cause if isinstance(cause, BaseException) else None
         return err
 
