@@ -159,6 +159,8 @@ class Access:
     missing: tuple[str, ...] = ()
     #: Shared libraries the loader will not find, as "soname (needed by X)".
     unresolved: tuple[str, ...] = ()
+    #: Names that are part of the standard library (always readable).
+    stdlib: tuple[str, ...] = ()
 
     def paths(self) -> list[str]:
         return list(dict.fromkeys(e.path for e in self.entries))
@@ -219,15 +221,20 @@ def resolve(names: Iterable[str], path: list[str] | None = None) -> Access:
     objects: dict[str, str] = {}  # ELF candidates -> owner
     for entry in dists.values():
         _grant_distribution(entry, entries, finder_dirs, objects)
+    in_stdlib = []
     for top in tops:  # where the import system finds it, if no distribution covered that
-        for location in locations(top, path):
+        found = locations(top, path)
+        if top in sys.builtin_module_names or (found and all(map(_in_stdlib, found))):
+            in_stdlib.append(top)
+            continue
+        for location in found:
             if not _covered(location, entries):
                 entries.append(Entry(location, PACKAGE, top, "found on the import path"))
                 objects.update((p, top) for p in _walk_objects(location))
     unresolved = _grant_libraries(objects, entries)
     distributions = tuple(Distribution(d.name, d.version, tuple(d.required_by)) for d in dists.values())
     return Access(tops, tuple(entries), distributions, tuple(dict.fromkeys(finder_dirs)),
-                  tuple(dict.fromkeys(missing)), unresolved)
+                  tuple(dict.fromkeys(missing)), unresolved, tuple(in_stdlib))
 
 
 def _normalize(name: str) -> str:
@@ -390,6 +397,12 @@ def locations(top: str, path: list[str]) -> list[str]:
     return []
 
 
+def _in_stdlib(path: str) -> bool:
+    """Inside the standard library directory, and not in a site-packages beneath it."""
+    root = os.path.realpath(os.path.dirname(os.__file__)) + os.sep
+    return path.startswith(root) and path[len(root):].split(os.sep)[0] not in ("site-packages", "dist-packages")
+
+
 def _covered(path: str, entries: list[Entry]) -> bool:
     return any(path == e.path or path.startswith(e.path.rstrip(os.sep) + os.sep) for e in entries)
 
@@ -451,7 +464,6 @@ def _grant_libraries(objects: dict[str, str], out: list[Entry]) -> tuple[str, ..
 def describe(access: Access) -> str:
     """What ``access`` makes readable, grouped by distribution, for ``capbridge check``."""
     lines: list[str] = []
-    asked = ", ".join(access.names) or "nothing"
     lines.append(f"allow_imports={access.names!r}: besides the standard library and capbridge itself, "
                  "a sandbox may read (never write):")
     by_owner: dict[str, list[Entry]] = {}
@@ -489,6 +501,9 @@ def describe(access: Access) -> str:
         lines.append("system shared libraries (what the extension modules above load):")
         for e in libs:
             lines.append(f"  {e.path}  ({e.note})")
+    if access.stdlib:
+        lines.append("")
+        lines.append(f"part of the standard library (always readable): {', '.join(access.stdlib)}")
     if access.missing:
         lines.append("")
         lines.append("required but not installed here (nothing to open): " + ", ".join(access.missing))
@@ -496,5 +511,5 @@ def describe(access: Access) -> str:
         lines.append("")
         lines.append("NOT FOUND by the loader (importing what needs them will fail): " + ", ".join(access.unresolved))
     lines.append("")
-    lines.append(f"Nothing else becomes readable: the rest of site-packages stays closed to {asked}'s sandbox.")
+    lines.append("Nothing else is opened: the rest of site-packages stays unreadable.")
     return "\n".join(lines)
