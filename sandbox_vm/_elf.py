@@ -6,7 +6,8 @@
 glibc's order (``ld.so(8)``):
 
 1. ``DT_RPATH`` of the object, then of each object that loaded it, then of the
-   executable (and libpython) that ``dlopen()``\ s extension modules -- unless the object has a ``DT_RUNPATH``, which replaces them all;
+   executable (and libpython) that calls ``dlopen()`` on extension modules -- unless
+   the object has a ``DT_RUNPATH``, which replaces them all;
 2. (``LD_LIBRARY_PATH`` -- never set in a sandbox);
 3. ``DT_RUNPATH`` of the object;
 4. the loader cache ``/etc/ld.so.cache``;
@@ -65,7 +66,7 @@ def read_elf(path: str) -> ElfInfo | None:
         return None
     try:
         return _parse(data)
-    except (struct.error, ValueError, IndexError, UnicodeDecodeError):
+    except (struct.error, ValueError, IndexError, OverflowError, UnicodeDecodeError):
         return None
     finally:
         data.close()
