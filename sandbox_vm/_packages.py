@@ -310,10 +310,9 @@ def _top_level_names(dist: Any) -> set[str]:
     return names
 
 
-def _excluded_dirs() -> tuple[str, ...]:
-    """Installed outside site-packages but never needed by an import: scripts, C headers."""
-    paths = sysconfig.get_paths()
-    return tuple(os.path.realpath(paths[k]) + os.sep for k in ("scripts", "include", "platinclude") if k in paths)
+# Installed outside site-packages but never read by an import: scripts and C headers
+# (a RECORD names them as ../../../bin/..., ../../../include/...).
+_NOT_DATA = ("bin", "Scripts", "include")
 
 
 def _grant_distribution(entry: _Dist, out: list[Entry], finder_dirs: list[str], objects: dict[str, str]) -> None:
@@ -328,15 +327,15 @@ def _grant_distribution(entry: _Dist, out: list[Entry], finder_dirs: list[str], 
                 objects.update((p, entry.name) for p in _walk_objects(location))
         return
     site = os.path.dirname(meta_dir)
-    excluded = _excluded_dirs()
     tree: dict[str, Any] = {}
     for f in files:
         parts = [p for p in f.split("/") if p and p != "."]
         if not parts:
             continue
         if parts[0] == "..":
+            below = [p for p in parts if p != ".."]
             full = os.path.realpath(os.path.join(site, f))
-            if os.path.isfile(full) and not full.startswith(excluded):
+            if below and below[0] not in _NOT_DATA and os.path.isfile(full):
                 out.append(Entry(full, DATA, entry.name))
             continue
         if parts[0].endswith((".dist-info", ".egg-info", ".pth")) or parts[0].startswith("__editable__"):
