@@ -97,11 +97,10 @@ def sandbox_options(*, allow_imports: Any = (), preload: Any = (), env: Any = No
     import is a ``ValueError`` naming it, raised before any process starts.
     ``allow_imports`` comes back with the top-level names of ``preload`` added.
     """
-    from ._packages import check_names, sandbox_path
+    from ._packages import check_names
 
-    path = sandbox_path()
-    allowed = check_names(allow_imports, "allow_imports", path)
-    preloaded = check_names(preload, "preload", path)
+    allowed = check_names(allow_imports, "allow_imports")
+    preloaded = check_names(preload, "preload")
     tops = tuple(dict.fromkeys((*allowed, *(n.partition(".")[0] for n in preloaded))))
     return {"allow_imports": tops, "preload": preloaded, "env": check_env(env)}
 

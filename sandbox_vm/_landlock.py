@@ -22,7 +22,7 @@ from . import _elf, _packages
 
 __all__ = [
     "DeniedImportFinder", "Ruleset", "abi_version", "cached", "discard_cache", "enforce",
-    "fill_import_caches", "install_import_guard", "prepare", "rule_paths", "unavailable_hint",
+    "fill_import_caches", "fill_metadata_caches", "install_import_guard", "prepare", "rule_paths", "unavailable_hint",
 ]
 
 SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446  # x86_64 and aarch64
@@ -186,6 +186,8 @@ def prepare(allow_imports: tuple[str, ...]) -> Ruleset:
         os.close(fd)
         raise
     fill_import_caches(access.finder_dirs)
+    if access.distributions:
+        fill_metadata_caches()
     ruleset = _CACHE[key] = Ruleset(fd, abi, paths, time.perf_counter() - start, access.finder_dirs)
     return ruleset
 
@@ -200,6 +202,19 @@ def fill_import_caches(extra_dirs: tuple[str, ...] = ()) -> None:
     importlib.machinery.PathFinder.find_spec("_capbridge_fill_import_caches_")
     if extra_dirs:
         importlib.machinery.PathFinder.find_spec("_capbridge_fill_import_caches_", list(extra_dirs))
+
+
+def fill_metadata_caches() -> None:
+    """Let ``importlib.metadata`` list each ``sys.path`` directory now, while it still can.
+
+    Packages that read their own version at import (``importlib.metadata.version``)
+    then find their ``.dist-info`` (readable when allowed) after enforcement too; like
+    the import system's, the cached listing holds names only.
+    """
+    import importlib.metadata
+
+    for _ in importlib.metadata.distributions():
+        pass
 
 
 def _add_rule(ruleset_fd: int, path: str, access: int | None = None) -> None:

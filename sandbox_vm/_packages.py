@@ -23,6 +23,7 @@ finds it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.machinery
 import os
 import re
@@ -61,11 +62,19 @@ def server_paths(extra: Iterable[str] = ()) -> list[str]:
     return list(dict.fromkeys(p for p in paths if p and os.path.isdir(p)))
 
 
-def sandbox_path() -> list[str]:
-    """``sys.path`` of a sandbox: the standard library, then :func:`server_paths`."""
+@functools.lru_cache(maxsize=1)
+def _sandbox_path() -> tuple[str, ...]:
     stdlib = os.path.dirname(os.__file__)
     dynload = [p for p in sys.path if p.endswith("lib-dynload")]
-    return list(dict.fromkeys([stdlib, *dynload, *server_paths()]))
+    return tuple(dict.fromkeys([stdlib, *dynload, *server_paths()]))
+
+
+def sandbox_path() -> list[str]:
+    """``sys.path`` of a sandbox: the standard library, then :func:`server_paths`.
+
+    Computed once per process, as this process's fork server is started once.
+    """
+    return list(_sandbox_path())
 
 
 # -- validating names on the host ------------------------------------------------------
@@ -76,7 +85,7 @@ def check_names(value: Any, what: str, path: list[str] | None = None) -> tuple[s
     ``what`` names the argument in messages. Only the top-level module of a dotted name
     must exist; it is looked up on the sandbox's import path without importing anything.
     """
-    if value is None:
+    if value is None or value == ():
         return ()
     if isinstance(value, (str, bytes)):
         raise ValueError(f"{what} takes a tuple of import names, not a bare string: "
@@ -90,6 +99,8 @@ def check_names(value: Any, what: str, path: list[str] | None = None) -> tuple[s
         if not isinstance(name, str) or not name or not all(p.isidentifier() for p in name.split(".")):
             hint = _import_name_hint(name) if isinstance(name, str) else ""
             raise ValueError(f"{what} takes import names like 'numpy', not {name!r}{hint}")
+    if not names:
+        return ()
     path = sandbox_path() if path is None else path
     for name in names:
         top = name.partition(".")[0]

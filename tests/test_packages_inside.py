@@ -178,6 +178,22 @@ def test_allowing_numpy_opens_nothing_else() -> None:
     assert strict["import pandas"]["error"] == "ModuleNotFoundError"
 
 
+def test_allowed_distributions_know_their_version(sandbox_factory) -> None:
+    """importlib.metadata finds allowed distributions (packages read their own version)."""
+    sb = sandbox_factory(allow_imports=("numpy",))
+    sb.exec(textwrap.dedent("""
+        import importlib.metadata as md
+        version = md.version("numpy")
+        try:
+            other = md.version("pytest")
+        except Exception:
+            other = None
+    """))
+    assert sb.eval("version") == numpy.__version__
+    if CONFINEMENT == "strict":
+        assert sb.eval("other") is None  # found by name, but its metadata is unreadable
+
+
 def test_dependencies_are_allowed_with_their_dependent(sandbox_factory) -> None:
     pytest.importorskip("pandas")
     sb = sandbox_factory(allow_imports=("pandas",))
