@@ -25,6 +25,13 @@ Where the kernel allows it, each child is pid 1 of its own PID namespace: the se
 ``unshare(CLONE_NEWPID)`` before the fork and ``setns`` back to its own namespace
 after it, so the child stays the server's direct child (reaped and ``pidfd_open``-ed
 there) and no middle process is needed.
+
+A config with ``preload`` is served by a template (:mod:`sandbox_vm._templates`): a
+child of the server, running this same server code, that imported those modules and
+forks the sandboxes; the server forwards it the spawn request and relays its R, F and
+X packets to the host unchanged, so the host sees no difference. The server is a child
+subreaper: if a template dies, its sandboxes are reparented to the server and reaped
+there.
 """
 
 from __future__ import annotations
@@ -347,6 +354,8 @@ class _Server:
             os.dup2(chan_r, 3)
             os.dup2(chan_w, 4)
             self.ctl.detach()  # the fd is closed below, never by a finalizer
+            if self.templates is not None:
+                self.templates.forget()
             self.children.clear()
             self.by_pidfd.clear()
             _close_all_but(5, keep)
@@ -421,7 +430,11 @@ class _Server:
                         self.kill_all()
                         return
                 elif self.templates is not None and self.templates.owns(fd):
-                    self.templates.on_event(fd)
+                    try:
+                        self.templates.on_event(fd)
+                    except OSError:  # relaying to the host failed: it went away
+                        self.kill_all()
+                        return
                 else:
                     try:
                         self.reap(fd)

@@ -83,13 +83,24 @@ class Templates:
         """Serve spawn ``packet`` from the template for ``config`` (``fds`` stay the caller's)."""
         key = template_key(config)
         t = self._by_key.get(key)
-        if t is None:
+        if t is None or t.sock is None:  # none yet, or it is ending (reaped later)
             t = self._start(key, config)
         t.last_used = time.monotonic()
         if t.ready:
             self._forward(t, req_id, packet, fds)
         else:
             t.queue.append((req_id, packet, [os.dup(fd) for fd in fds]))
+
+    def forget(self) -> None:
+        """In a fresh fork: let go of the templates' sockets without closing them
+        (the descriptors are closed with every other one, never by a finalizer)."""
+        for t in self._by_pid.values():
+            if t.sock is not None:
+                t.sock.detach()
+                t.sock = None
+        self._by_key.clear()
+        self._by_fd.clear()
+        self._by_pid.clear()
 
     def on_event(self, fd: int) -> None:
         t = self._by_fd[fd]
@@ -297,6 +308,8 @@ def become_template(srv: _Server, config: Any, sock: Any, out_w: int, keep: tupl
         srv.libc.prctl(wire._PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != srv.pid:
             os._exit(code)  # the server died while we were being born
+        if srv.templates is not None:
+            srv.templates.forget()
         landlock = sys.modules.get("sandbox_vm._landlock")
         if landlock is not None:  # other configs' rulesets are not ours to hold
             landlock.discard_cache(keep=landlock.cached(tuple(config.allow_imports)) if keep else None)

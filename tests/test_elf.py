@@ -102,13 +102,21 @@ def test_runpath_hides_the_loaders_rpath(tmp_path) -> None:
     assert any(lib.soname == "libleaf.so" and lib.via == "rpath" for lib in result.libraries)
 
 
+def system_lib(tmp_path, *subdirs: str) -> tuple:
+    """``system/libsys.so`` (and copies in ``system/<subdir>``), and ``top.so`` needing it."""
+    system = tmp_path / "system"
+    for sub in ("", *subdirs):
+        (system / sub).mkdir(parents=True, exist_ok=True)
+        build(system / sub / "libsys.so", "int s(void) { return 1; }\n")
+    top = build(tmp_path / "top.so", "int s(void); int t(void) { return s(); }\n", f"-L{system}", "-lsys")
+    return system, top
+
+
 @needs_gcc
 def test_system_dirs_and_wrong_architecture(tmp_path) -> None:
-    system, other = tmp_path / "system", tmp_path / "other"
-    system.mkdir()
+    system, top = system_lib(tmp_path)
+    other = tmp_path / "other"
     other.mkdir()
-    build(system / "libsys.so", "int s(void) { return 1; }\n")
-    top = build(tmp_path / "top.so", "int s(void); int t(void) { return s(); }\n", f"-L{system}", "-lsys")
     result = _elf.Loader(dirs=[str(other), str(system)], cache=str(tmp_path / "none")).resolve([top])
     lib = next(lib for lib in result.libraries if lib.soname == "libsys.so")
     assert lib.via == "system dir" and os.path.realpath(lib.path) == str(system / "libsys.so")
@@ -124,11 +132,7 @@ def test_system_dirs_and_wrong_architecture(tmp_path) -> None:
 
 @needs_gcc
 def test_glibc_hwcaps_variants_are_included(tmp_path) -> None:
-    system = tmp_path / "system"
-    (system / "glibc-hwcaps" / "x86-64-v3").mkdir(parents=True)
-    build(system / "libsys.so", "int s(void) { return 1; }\n")
-    build(system / "glibc-hwcaps" / "x86-64-v3" / "libsys.so", "int s(void) { return 3; }\n")
-    top = build(tmp_path / "top.so", "int s(void); int t(void) { return s(); }\n", f"-L{system}", "-lsys")
+    system, top = system_lib(tmp_path, "glibc-hwcaps/x86-64-v3")
     result = _elf.Loader(dirs=[str(system)], cache=str(tmp_path / "none")).resolve([top])
     assert {os.path.realpath(p) for p in result.paths()} >= {
         str(system / "libsys.so"), str(system / "glibc-hwcaps" / "x86-64-v3" / "libsys.so")}

@@ -20,7 +20,7 @@ def dist(site, name: str, version: str, files: dict[str, str], requires: tuple[s
     """Install a fake distribution: ``files`` (relative path -> content) plus its dist-info."""
     info = site / f"{name.replace('-', '_')}-{version}.dist-info"
     info.mkdir()
-    meta = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}", *(f"Requires-Dist: {r}" for r in requires)]
+    meta = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}", *(f"Requires-Dist: {r}" for r in requires)]
     (info / "METADATA").write_text("\n".join(meta) + "\n\n")
     record = []
     for rel, content in files.items():

@@ -18,7 +18,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import CONFINEMENT, make_sandbox  # noqa: E402
+from conftest import CONFINEMENT  # noqa: E402
 from escape_util import Verdict, quiet_sandbox, run_attacks  # noqa: E402
 
 import capbridge  # noqa: E402
