@@ -316,10 +316,17 @@ class _Server:
         return self.prepared[key]
 
     def prepare_default(self) -> None:
-        """Prepare for the default config while idle (first strict spawn is warm)."""
+        """Prepare for the default config while idle (first strict spawn is warm).
+
+        With PID namespaces every sandbox is pid 1, so its seccomp filter is compiled
+        here once too.
+        """
         from ._config import SandboxConfig
 
         self.prepare(SandboxConfig())
+        lockdown = sys.modules.get("sandbox_vm._lockdown")
+        if self.own_pidns >= 0 and hasattr(lockdown, "compile_seccomp"):
+            lockdown.compile_seccomp(1)
 
     def fork(self, config, fds: list[int], keep: tuple[int, ...]) -> int:
         if self.own_pidns >= 0 and self.libc.unshare(_CLONE_NEWPID) != 0:

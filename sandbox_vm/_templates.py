@@ -328,6 +328,9 @@ def become_template(srv: _Server, config: Any, sock: Any, out_w: int, keep: tupl
         srv.poller = select.poll()
         srv.poller.register(ctl, srv.POLLIN)
         preload(config)
+        lockdown = sys.modules.get("sandbox_vm._lockdown")
+        if srv.own_pidns >= 0 and hasattr(lockdown, "compile_seccomp"):
+            lockdown.compile_seccomp(1)  # if the server had not yet, when it forked us
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         os.dup2(srv.devnull, 1)  # start-up output is over: the server sees end of file
