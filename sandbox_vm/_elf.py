@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import mmap
 import os
-import platform
 import struct
 import sys
 from collections.abc import Iterable
@@ -292,7 +291,8 @@ class Loader:
         out: list[str] = []
         for entry in entries:
             entry = entry.replace("${ORIGIN}", origin).replace("$ORIGIN", origin)
-            entry = entry.replace("${PLATFORM}", platform.machine()).replace("$PLATFORM", platform.machine())
+            machine = os.uname().machine
+            entry = entry.replace("${PLATFORM}", machine).replace("$PLATFORM", machine)
             if "$LIB" in entry or "${LIB}" in entry:
                 multiarch = getattr(sys.implementation, "_multiarch", "")
                 for lib in ("lib64", "lib", *([f"lib/{multiarch}"] if multiarch else [])):
@@ -323,7 +323,7 @@ def _mapped_libraries() -> dict[str, str]:
 
 
 def _machine_of_this_process() -> int:
-    return {"x86_64": 62, "aarch64": 183}.get(platform.machine(), 0)
+    return {"x86_64": 62, "aarch64": 183}.get(os.uname().machine, 0)
 
 
 def _same(a: str, b: str) -> bool:

@@ -17,8 +17,10 @@ import importlib.machinery
 import os
 import struct
 import sys
+from typing import TYPE_CHECKING
 
-from . import _elf, _packages
+if TYPE_CHECKING:
+    from ._packages import Access
 
 __all__ = [
     "DeniedImportFinder", "Ruleset", "abi_version", "cached", "discard_cache", "enforce",
@@ -101,6 +103,8 @@ def base_paths() -> list[str]:
     """What every sandbox may read: the standard library (not ``site-packages``), its
     extension modules and the shared libraries they load, capbridge's own packages and
     the time-zone database."""
+    from . import _elf, _packages  # imported when first needed: the fork server starts without them
+
     stdlib = stdlib_dir()
     paths = [os.path.join(stdlib, e) for e in sorted(os.listdir(stdlib)) if e not in EXCLUDED_STDLIB_ENTRIES]
     dynload = [p for p in sys.path if p.endswith("lib-dynload") and os.path.isdir(p)]
@@ -115,8 +119,10 @@ def base_paths() -> list[str]:
     return paths
 
 
-def rule_paths(allow_imports: tuple[str, ...], access: _packages.Access | None = None) -> list[str]:
+def rule_paths(allow_imports: tuple[str, ...], access: Access | None = None) -> list[str]:
     """Every path that gets a read-only rule, in a stable order."""
+    from . import _packages
+
     if access is None:
         access = _packages.resolve(allow_imports)
     return list(dict.fromkeys([*base_paths(), *access.paths()]))
@@ -173,6 +179,8 @@ def prepare(allow_imports: tuple[str, ...]) -> Ruleset:
     buf = ctypes.create_string_buffer(attr, len(attr))
     fd = _syscall(SYS_CREATE_RULESET, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
     try:
+        from . import _packages
+
         access = _packages.resolve(key)
         paths = rule_paths(key, access)
         for path in paths:

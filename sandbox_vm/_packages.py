@@ -28,7 +28,6 @@ import importlib.machinery
 import os
 import re
 import sys
-import sysconfig
 from collections.abc import Iterable
 from typing import Any
 
@@ -51,6 +50,7 @@ def server_paths(extra: Iterable[str] = ()) -> list[str]:
     """The directories a fork server imports from besides the standard library:
     capbridge's own, its dependencies', this environment's ``site-packages``."""
     import importlib.util
+    import sysconfig
 
     paths: list[str] = []
     for name in _REQUIRED:
