@@ -414,8 +414,9 @@ class _Server:
     def run(self, warm_up: bool = True) -> None:
         import gc
 
-        warm: list = [self.prepare_default] if warm_up else []
-        warm += [lambda name=name: _import_optional(name) for name in _WARM] if warm_up else []
+        warm: list = []
+        if warm_up:
+            warm = [self.prepare_default, *(lambda name=name: _import_optional(name) for name in _WARM)]
         while True:
             try:
                 events = self.poller.poll(0 if warm else None)

@@ -327,6 +327,8 @@ def become_template(srv: _Server, config: Any, sock: Any, out_w: int, keep: tupl
         srv.prepared = {wire.prepared_key(config): keep}
         srv.poller = select.poll()
         srv.poller.register(ctl, srv.POLLIN)
+        for name in wire._WARM:  # what the server had not imported yet when it forked us
+            wire._import_optional(name)
         preload(config)
         lockdown = sys.modules.get("sandbox_vm._lockdown")
         if srv.own_pidns >= 0 and hasattr(lockdown, "compile_seccomp"):
