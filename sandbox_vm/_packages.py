@@ -12,6 +12,8 @@ turns each distribution's own file list into read-only paths:
   its listing is cached in the import system before lockdown so imports still find
   them (:attr:`Access.finder_dirs`);
 * installed data files outside ``site-packages`` (not scripts or C headers) are files;
+* a listed name that is a symbolic link is skipped (a rule would follow it; wheels
+  install none);
 * the shared libraries the distribution's extension modules need are found with
   :class:`sandbox_vm._elf.Loader`, as the dynamic loader would find them.
 
@@ -346,7 +348,8 @@ def _grant_distribution(entry: _Dist, out: list[Entry], finder_dirs: list[str], 
         if parts[0] == "..":
             below = [p for p in parts if p != ".."]
             full = os.path.realpath(os.path.join(site, f))
-            if below and below[0] not in _NOT_DATA and os.path.isfile(full):
+            listed_link = os.path.islink(os.path.join(site, f))
+            if below and below[0] not in _NOT_DATA and not listed_link and os.path.isfile(full):
                 out.append(Entry(full, DATA, entry.name))
             continue
         if parts[0].endswith((".dist-info", ".egg-info", ".pth")) or parts[0].startswith("__editable__"):
@@ -376,6 +379,8 @@ def _grant_tree(base: str, tree: dict[str, Any], owner: str, out: list[Entry],
     """Grant whole folders this distribution owns; only its own entries in shared ones."""
     for name, sub in sorted(tree.items()):
         full = os.path.join(base, name)
+        if os.path.islink(full):
+            continue  # a rule would follow it: a listed name never opens something elsewhere
         if sub is None:
             if os.path.exists(full):
                 out.append(Entry(full, PACKAGE, owner))

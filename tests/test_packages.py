@@ -90,6 +90,23 @@ def test_nothing_else_is_opened(site) -> None:
     assert os.path.join(str(site), "ns") in access.finder_dirs  # imports of ns.a still work
 
 
+def test_a_listed_link_out_of_site_packages_is_not_followed(site, tmp_path) -> None:
+    outside = tmp_path / "secret.txt"
+    outside.write_text("host secret")
+    (site / "beta" / "leak.txt").symlink_to(outside)
+    (site / "leak_top").symlink_to(tmp_path)
+    (site / "leak_sibling").symlink_to(site / "gamma")
+    share = site.parent.parent.parent / "share"
+    share.mkdir(exist_ok=True)
+    (share / "leak.dat").symlink_to(outside)
+    record = site / "beta-2.0.dist-info" / "RECORD"
+    record.write_text(record.read_text() + "beta/leak.txt,,\nleak_top/secret.txt,,\nleak_sibling,,\n"
+                      "../../../share/leak.dat,,\n")
+    paths = _packages.resolve(("beta",), [str(site)]).paths()
+    assert str(outside) not in paths and str(tmp_path) not in paths
+    assert not any(p.startswith((str(site / "leak_top"), str(site / "leak_sibling"))) for p in paths)
+
+
 def test_extras_are_followed_when_asked_for(site) -> None:
     access = _packages.resolve(("delta",), [str(site)])
     names = {d.name for d in access.distributions}
