@@ -255,7 +255,7 @@ def _open_sandbox(opts: argparse.Namespace, fs: Any) -> Any:
         try:
             sb = Sandbox({"fs": fs} if fs is not None else None, limits=limits,
                          confinement=opts.confinement, allow_imports=tuple(opts.allow_import or ()),
-                         stdout=sys.stdout, stderr=sys.stderr)
+                         preload=tuple(opts.preload or ()), stdout=sys.stdout, stderr=sys.stderr)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     for w in caught:
@@ -498,10 +498,28 @@ def _shell_run(sb: Any, source: str) -> int | None:
 def _cmd_check(opts: argparse.Namespace) -> int:
     from sandbox_vm._probe import format_table, probe
 
+    access = _check_access(opts.allow_import) if opts.allow_import else None
     statuses = probe()
     print(format_table(statuses))
+    if access is not None:
+        from sandbox_vm._packages import describe
+
+        print()
+        print(describe(access))
     missing = [s for s in statuses if not s.available and s.used_by_strict == "required"]
     return 1 if missing else 0
+
+
+def _check_access(names: list[str]) -> Any:
+    """What ``--allow-import names`` would make readable (a usage error if a name is unknown)."""
+    from sandbox_vm._packages import check_names, resolve, sandbox_path
+
+    path = sandbox_path()
+    try:
+        checked = check_names(tuple(names), "--allow-import", path)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return resolve(checked, path)
 
 
 # ---------------------------------------------------------------------- argument parsing
@@ -534,7 +552,11 @@ def _add_sandbox_options(p: argparse.ArgumentParser) -> None:
                    help=f"wall-clock seconds (run: the whole script; shell: each statement), "
                         f"or 'none' (default {d.wall_seconds:g})")
     g.add_argument("--allow-import", action="append", metavar="PKG",
-                   help="let the sandbox import this installed package (import name; repeatable)")
+                   help="let the sandbox import this installed package and its dependencies "
+                        "(import name; repeatable; `capbridge check --allow-import PKG` shows what opens)")
+    g.add_argument("--preload", action="append", metavar="MODULE",
+                   help="import this module once in a template process before the sandbox starts, "
+                        "so it starts imported (implies --allow-import; repeatable)")
     g.add_argument("--confinement", choices=("strict", "best-effort", "none"), default="strict",
                    help="strict (default) refuses to start without rlimits, Landlock and seccomp; "
                         "best-effort uses what the kernel offers and says what is missing; "
@@ -584,20 +606,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_sandbox_options(shell)
 
-    sub.add_parser(
+    check = sub.add_parser(
         "check", help="show which confinement layers this machine provides",
         description=(
             "Print a table of confinement layers: whether each is available, whether\n"
-            "confinement='strict' needs it, and why it is missing."
+            "confinement='strict' needs it, and why it is missing. With --allow-import, also\n"
+            "print every path a sandbox allowed those packages may read, grouped by\n"
+            "distribution (with its dependencies) and the shared libraries they load."
         ),
-        epilog="exit codes:\n  0  strict confinement is available\n  1  it is not (a required layer is missing)",
+        epilog=("exit codes:\n  0  strict confinement is available\n  1  it is not (a required layer is missing)\n"
+                "  2  an --allow-import name is not importable here"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    check.add_argument("--allow-import", action="append", metavar="PKG",
+                       help="show what allowing this package would make readable (repeatable)")
     return parser
 
 
 _RUN_OPTIONS = {"-h": False, "--help": False, "--ro": True, "--rw": True, "--cwd": True, "--memory": True,
-                "--cpu": True, "--timeout": True, "--allow-import": True, "--confinement": True}
+                "--cpu": True, "--timeout": True, "--allow-import": True, "--preload": True, "--confinement": True}
 
 
 def _split_run_argv(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -16,6 +16,9 @@ from typing import Any
 
 __all__ = ["OutputSink", "pump"]
 
+STDERR_TAIL_BYTES = 1024
+STDERR_TAIL_LINES = 5
+
 
 class OutputSink:
     """Where one sandbox's output goes; shares one byte budget for both streams."""
@@ -28,6 +31,7 @@ class OutputSink:
         self.lock = threading.RLock()
         self.streams: dict[int, _Stream] = {}
         self._targets = {1: stdout, 2: stderr}
+        self._stderr_tail = bytearray()  # kept past the cap, for crash messages
 
     def add(self, fd: int, which: int) -> None:
         os.set_blocking(fd, False)
@@ -49,6 +53,9 @@ class OutputSink:
                 if not data:
                     stream.finish()
                     return False
+                if stream.which == 2:
+                    self._stderr_tail += data
+                    del self._stderr_tail[:-STDERR_TAIL_BYTES]
                 self._deliver(stream, data)
 
     def _deliver(self, stream: "_Stream", data: bytes) -> None:
@@ -76,6 +83,19 @@ class OutputSink:
     def drain(self) -> None:
         for fd in list(self.streams):
             self.feed(fd)
+
+    def stderr_note(self) -> str:
+        """``"; its stderr ended with: ..."`` (the last lines the sandbox wrote there), or ``""``.
+
+        For the error of a sandbox that died: native code that calls ``exit()`` or
+        crashes says why only on stderr. Control characters are shown as escapes.
+        """
+        with self.lock:
+            text = self._stderr_tail.decode("utf-8", "replace")
+        lines = [line for line in text.splitlines() if line.strip()][-STDERR_TAIL_LINES:]
+        if not lines:
+            return ""
+        return "; its stderr ended with: " + " | ".join(lines).translate(_VISIBLE_CONTROLS)
 
 
 _VISIBLE_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0, 9), *range(11, 32), 127]}

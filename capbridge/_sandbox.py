@@ -86,6 +86,8 @@ class Sandbox:
         limits: Limits | None = None,
         confinement: str = "strict",
         allow_imports: tuple[str, ...] | list[str] = (),
+        preload: tuple[str, ...] | list[str] = (),
+        env: Mapping[str, str] | None = None,
         stdout: Callable[[str], Any] | Any = None,
         stderr: Callable[[str], Any] | Any = None,
         debug: bool = False,
@@ -93,15 +95,12 @@ class Sandbox:
         _awaiter: Callable[[Any], Any] | None = None,
     ) -> None:
         from sandbox_vm import SandboxConfig
+        from sandbox_vm._config import sandbox_options
         from sandbox_vm._spawn import spawn
 
         if confinement not in _CONFINEMENTS:
             raise ValueError(f"confinement must be one of {', '.join(map(repr, _CONFINEMENTS))}, not {confinement!r}")
-        if isinstance(allow_imports, str):
-            allow_imports = (allow_imports,)
-        for name in allow_imports:
-            if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
-                raise ValueError(f"allow_imports takes import names like 'numpy', not {name!r}")
+        packages = sandbox_options(allow_imports=allow_imports, preload=preload, env=env)
         if grants is not None and not isinstance(grants, Mapping):
             raise TypeError("grants must be a mapping of names to objects")
         for name in grants or ():
@@ -132,15 +131,15 @@ class Sandbox:
             confinement=confinement,
             memory_mb=self.limits.memory_mb,
             cpu_seconds=self.limits.cpu_seconds,
-            allow_imports=tuple(allow_imports),
             max_message_bytes=self.limits.max_frame,
             max_decoded_bytes=self.limits.max_decoded,
             debug=debug,
+            **packages,
         )
         self._proc = spawn(config)
         self.pid = self._proc.pid
         self._session = HostSession(max_frame=self.limits.max_frame, debug=debug,
-                                    allow_modules=tuple(allow_imports), audit=audit, awaiter=_awaiter,
+                                    allow_modules=packages["allow_imports"], audit=audit, awaiter=_awaiter,
                                     max_decoded=self.limits.max_decoded)
         self._chan = Channel(self._session, self._proc.rfd, self._proc.wfd,
                              on_fatal=self._on_fatal, raise_error=self._remote_error,
@@ -183,8 +182,10 @@ class Sandbox:
         body = result[0]
         if isinstance(body, BaseException):
             status = self._proc.wait(2.0)
+            self._sink.drain()
             self._dead_reason = SandboxCrashed(
-                f"the sandbox process ended before it was ready ({_describe_status(status)})",
+                f"the sandbox process ended before it was ready ({_describe_status(status)})"
+                + self._sink.stderr_note(),
                 *_status_fields(status),
             )
             raise self._dead_reason from body
@@ -376,8 +377,9 @@ class Sandbox:
                 "it was killed"
             )
         else:
-            err = SandboxCrashed(f"the sandbox process died ({_describe_status(status)})",
-                                 *_status_fields(status))
+            self._sink.drain()
+            err = SandboxCrashed(f"the sandbox process died ({_describe_status(status)})"
+                                 + self._sink.stderr_note(), *_status_fields(status))
         err.__cause__ = cause if isinstance(cause, BaseException) else None
         return err
 

@@ -1,17 +1,46 @@
-"""What the host asks of one sandboxed process (plain data, picklable)."""
+"""What the host asks of one sandbox process (plain data, picklable), and its checks."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["CONFINEMENTS", "THREAD_ENV", "ExitStatus", "SandboxConfig", "check_env", "sandbox_options"]
 
 CONFINEMENTS = ("strict", "best-effort", "none")
+
+#: Every sandbox starts with these (before ``env=``): numeric libraries size their thread
+#: pools by the machine's CPUs, not by the sandbox, and a pool per sandbox costs memory
+#: that ``Limits.memory_mb`` counts. One thread each unless the host says otherwise.
+THREAD_ENV: dict[str, str] = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "GOTO_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "BLIS_NUM_THREADS": "1",
+    "VECLIB_MAXIMUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1",
+    "NUMBA_NUM_THREADS": "1",
+    "RAYON_NUM_THREADS": "1",
+}
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_MAX_ENV_BYTES = 32 * 1024  # the whole config must fit in one spawn packet
+# Read once, when a program starts: a sandbox is forked from a running interpreter, so
+# setting them would silently do nothing.
+_READ_AT_START = (("LD_", "the dynamic loader"), ("GLIBC_TUNABLES", "glibc"), ("MALLOC_", "glibc's malloc"),
+                  ("PYTHON", "the interpreter"))
 
 
 @dataclasses.dataclass(frozen=True)
 class SandboxConfig:
     """Settings a sandbox process is started with.
 
-    ``memory_mb`` and ``cpu_seconds`` are ``None`` when lifted.
+    ``memory_mb`` and ``cpu_seconds`` are ``None`` when lifted. ``allow_imports``
+    includes the ``preload`` names. ``env`` holds the host's extra environment
+    variables, sorted by name (on top of :data:`THREAD_ENV`).
     """
 
     confinement: str = "strict"
@@ -21,6 +50,8 @@ class SandboxConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     max_decoded_bytes: int = 512 * 1024 * 1024
     debug: bool = False
+    preload: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.confinement not in CONFINEMENTS:
@@ -28,6 +59,51 @@ class SandboxConfig:
                 f"confinement must be one of {', '.join(map(repr, CONFINEMENTS))}, "
                 f"not {self.confinement!r}"
             )
+
+    def environment(self) -> dict[str, str]:
+        """The variables the sandbox process sets before anything else runs in it."""
+        return {**THREAD_ENV, **dict(self.env)}
+
+
+def check_env(env: Any) -> tuple[tuple[str, str], ...]:
+    """``env`` (a mapping of str to str, or None) as sorted pairs; raises what is wrong."""
+    if env is None:
+        return ()
+    if not isinstance(env, Mapping):
+        raise TypeError(f"env must be a mapping of variable names to strings, not {type(env).__name__}")
+    size = 0
+    for name, value in env.items():
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(f"env: {name!r} is not a variable name (letters, digits and '_', "
+                             "not starting with a digit)")
+        if not isinstance(value, str):
+            raise TypeError(f"env[{name!r}] must be a str, not {type(value).__name__}: "
+                            f"write {name}={str(value)!r}")
+        if "\0" in value:
+            raise ValueError(f"env[{name!r}] contains a NUL character")
+        for prefix, reader in _READ_AT_START:
+            if name.startswith(prefix):
+                raise ValueError(f"env: {name} is read by {reader} only when a program starts; a sandbox is "
+                                 "forked from a running interpreter, so it would have no effect")
+        size += len(name.encode()) + len(value.encode("utf-8", "surrogateescape")) + 2
+    if size > _MAX_ENV_BYTES:
+        raise ValueError(f"env takes at most {_MAX_ENV_BYTES // 1024} KiB of variables, not {size} bytes")
+    return tuple(sorted(env.items()))
+
+
+def sandbox_options(*, allow_imports: Any = (), preload: Any = (), env: Any = None) -> dict[str, Any]:
+    """The checked ``allow_imports``, ``preload`` and ``env`` fields of a :class:`SandboxConfig`.
+
+    A bare string, a name that is not an identifier or a module the sandbox cannot
+    import is a ``ValueError`` naming it, raised before any process starts.
+    ``allow_imports`` comes back with the top-level names of ``preload`` added.
+    """
+    from ._packages import check_names
+
+    allowed = check_names(allow_imports, "allow_imports")
+    preloaded = check_names(preload, "preload")
+    tops = tuple(dict.fromkeys((*allowed, *(n.partition(".")[0] for n in preloaded))))
+    return {"allow_imports": tops, "preload": preloaded, "env": check_env(env)}
 
 
 @dataclasses.dataclass(frozen=True)

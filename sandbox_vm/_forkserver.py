@@ -25,6 +25,13 @@ Where the kernel allows it, each child is pid 1 of its own PID namespace: the se
 ``unshare(CLONE_NEWPID)`` before the fork and ``setns`` back to its own namespace
 after it, so the child stays the server's direct child (reaped and ``pidfd_open``-ed
 there) and no middle process is needed.
+
+A config with ``preload`` is served by a template (:mod:`sandbox_vm._templates`): a
+child of the server, running this same server code, that imported those modules and
+forks the sandboxes; the server forwards it the spawn request and relays its R, F and
+X packets to the host unchanged, so the host sees no difference. The server is a child
+subreaper: if a template dies, its sandboxes are reparented to the server and reaped
+there.
 """
 
 from __future__ import annotations
@@ -137,6 +144,13 @@ _RESERVED_LOW_FDS = range(3, 10)  # held in the server so children get 3 and 4 f
 _CLONE_NEWPID = 0x20000000
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
+_PR_SET_CHILD_SUBREAPER = 36
+MAX_REASON = 3500  # bytes of a FAILED reason (the host reads 4 KiB packets)
+
+
+def prepared_key(config) -> tuple:
+    """Configs with equal keys share a prepared Landlock ruleset."""
+    return (config.confinement, tuple(sorted({n.partition(".")[0] for n in config.allow_imports})))
 
 
 def _import_optional(name: str) -> None:
@@ -174,6 +188,12 @@ class _Server:
         self.by_pidfd: dict[int, int] = {}
         self.prepared: dict[tuple, tuple[int, ...]] = {}
         self.pid = os.getpid()
+        # Preload templates (None inside a template, which forks sandboxes itself). The
+        # server is a subreaper, so a dead template's sandboxes become its children.
+        from ._templates import Templates
+
+        self.templates: Templates | None = Templates(self)
+        self.libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self.own_pidns = -1
         if "nopidns" not in opts:
             self.own_pidns = self._probe_pidns()
@@ -237,27 +257,42 @@ class _Server:
             if msg[:1] != SPAWN or len(fds) != SPAWN_FDS or flags & (s.MSG_CTRUNC | s.MSG_TRUNC):
                 self.send(FAILED + _U64.pack(req_id) + b"malformed spawn request")
                 return True
-            self.spawn(req_id, msg[9:], fds)
+            self.spawn(req_id, msg, fds)
         finally:
             for fd in fds:
                 os.close(fd)
         return True
 
-    def spawn(self, req_id: int, config_pickle: bytes, fds: list[int]) -> None:
+    def fail(self, req_id: int, reason: str) -> None:
+        """Tell the host request ``req_id`` failed (the reason cut to fit its reader)."""
+        data = reason.encode("utf-8", "replace")
+        if len(data) > MAX_REASON:
+            data = data[: MAX_REASON // 3] + b" [...] " + data[-(MAX_REASON * 2 // 3):]
+        self.send(FAILED + _U64.pack(req_id) + data)
+
+    def spawn(self, req_id: int, packet: bytes, fds: list[int]) -> None:
+        """Start a sandbox for the spawn ``packet`` (``fds`` stay the caller's to close)."""
         import pickle
 
         try:
-            config = pickle.loads(config_pickle)
+            config = pickle.loads(packet[9:])
+            if config.preload and self.templates is not None:
+                self.templates.submit(config, req_id, packet, fds)
+                return
             keep = self.prepare(config)
             pid = self.fork(config, fds, keep)
             pidfd = os.pidfd_open(pid)
         except Exception as exc:
-            self.send(FAILED + _U64.pack(req_id) + f"{type(exc).__name__}: {exc}".encode())
+            self.fail(req_id, f"{type(exc).__name__}: {exc}")
             return
+        self.adopt(pid, pidfd)
+        self.send(READY + _READY.pack(req_id, pid), (pidfd,))
+
+    def adopt(self, pid: int, pidfd: int) -> None:
+        """Reap ``pid`` when it ends (our child, or a template's orphan we inherited)."""
         self.children[pid] = pidfd
         self.by_pidfd[pidfd] = pid
         self.poller.register(pidfd, self.POLLIN)
-        self.send(READY + _READY.pack(req_id, pid), (pidfd,))
 
     def prepare(self, config) -> tuple[int, ...]:
         """Descriptors prepared once here for children with this ``allow_imports``.
@@ -267,7 +302,7 @@ class _Server:
         child for ``lock_down`` to enforce. Runs once per ``(confinement,
         allow_imports)``; a failure leaves the child's lockdown to build or refuse it.
         """
-        key = (config.confinement, tuple(config.allow_imports))
+        key = prepared_key(config)
         if key not in self.prepared:
             fds: tuple[int, ...] = ()
             landlock = sys.modules.get("sandbox_vm._landlock")
@@ -281,10 +316,17 @@ class _Server:
         return self.prepared[key]
 
     def prepare_default(self) -> None:
-        """Prepare for the default config while idle (first strict spawn is warm)."""
+        """Prepare for the default config while idle (first strict spawn is warm).
+
+        With PID namespaces every sandbox is pid 1, so its seccomp filter is compiled
+        here once too.
+        """
         from ._config import SandboxConfig
 
         self.prepare(SandboxConfig())
+        lockdown = sys.modules.get("sandbox_vm._lockdown")
+        if self.own_pidns >= 0 and hasattr(lockdown, "compile_seccomp"):
+            lockdown.compile_seccomp(1)
 
     def fork(self, config, fds: list[int], keep: tuple[int, ...]) -> int:
         if self.own_pidns >= 0 and self.libc.unshare(_CLONE_NEWPID) != 0:
@@ -319,9 +361,12 @@ class _Server:
             os.dup2(chan_r, 3)
             os.dup2(chan_w, 4)
             self.ctl.detach()  # the fd is closed below, never by a finalizer
+            if self.templates is not None:
+                self.templates.forget()
             self.children.clear()
             self.by_pidfd.clear()
             _close_all_but(5, keep)
+            os.environ.update(config.environment())
             module, _, func = self.entry.partition(":")
             __import__(module)
             entry = getattr(sys.modules[module], func)
@@ -348,6 +393,8 @@ class _Server:
         self.poller.unregister(pidfd)
         os.close(pidfd)
         del self.children[pid]
+        if self.templates is not None and self.templates.ended(pid, status):
+            return
         self.send(EXIT + _EXIT.pack(pid, status, cpu_us))
 
     def kill_all(self) -> None:
@@ -364,11 +411,12 @@ class _Server:
             except ChildProcessError:  # pragma: no cover
                 pass
 
-    def run(self) -> None:
+    def run(self, warm_up: bool = True) -> None:
         import gc
 
-        warm: list = [self.prepare_default]
-        warm += [lambda name=name: _import_optional(name) for name in _WARM]
+        warm: list = []
+        if warm_up:
+            warm = [self.prepare_default, *(lambda name=name: _import_optional(name) for name in _WARM)]
         while True:
             try:
                 events = self.poller.poll(0 if warm else None)
@@ -387,6 +435,12 @@ class _Server:
                     except OSError:  # the host went away mid-reply
                         alive = False
                     if not alive:
+                        self.kill_all()
+                        return
+                elif self.templates is not None and self.templates.owns(fd):
+                    try:
+                        self.templates.on_event(fd)
+                    except OSError:  # relaying to the host failed: it went away
                         self.kill_all()
                         return
                 else:

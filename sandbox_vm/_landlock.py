@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import ctypes
 import importlib.machinery
-import importlib.util
 import os
 import struct
-from typing import Any
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._packages import Access
 
 __all__ = [
     "DeniedImportFinder", "Ruleset", "abi_version", "cached", "discard_cache", "enforce",
-    "fill_import_caches", "install_import_guard", "prepare", "rule_paths", "unavailable_hint",
+    "fill_import_caches", "fill_metadata_caches", "install_import_guard", "prepare", "rule_paths", "unavailable_hint",
 ]
 
 SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446  # x86_64 and aarch64
@@ -93,40 +95,37 @@ def handled_rights(abi: int) -> tuple[int, int, int]:
     return fs, net, scoped
 
 
-def _package_paths(name: str) -> list[str]:
-    """Where top-level module ``name`` lives, found without importing it."""
-    top = name.partition(".")[0]
-    if top in sys.builtin_module_names:
-        return []
-    try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        return []
-    if spec is None:
-        return []
-    if spec.submodule_search_locations:
-        return [p for p in spec.submodule_search_locations if os.path.isdir(p)]
-    if spec.origin and os.path.isfile(spec.origin):
-        return [spec.origin]
-    return []  # frozen
-
-
 def stdlib_dir() -> str:
     return os.path.dirname(os.__file__)
 
 
-def rule_paths(allow_imports: tuple[str, ...]) -> list[str]:
-    """Every path that gets a read-only rule, in a stable order."""
+def base_paths() -> list[str]:
+    """What every sandbox may read: the standard library (not ``site-packages``), its
+    extension modules and the shared libraries they load, capbridge's own packages and
+    the time-zone database."""
+    from . import _elf, _packages  # imported when first needed: the fork server starts without them
+
     stdlib = stdlib_dir()
     paths = [os.path.join(stdlib, e) for e in sorted(os.listdir(stdlib)) if e not in EXCLUDED_STDLIB_ENTRIES]
     dynload = [p for p in sys.path if p.endswith("lib-dynload") and os.path.isdir(p)]
-    paths += dynload + shared_libraries(dynload)
-    for name in (*BASE_PACKAGES, *allow_imports):
-        paths += _package_paths(name)
+    paths += dynload
+    libs = _elf.Loader().resolve(
+        os.path.join(d, e) for d in dynload for e in sorted(os.listdir(d)) if e.endswith(".so"))
+    paths += libs.paths() + ([_elf.LOADER_CACHE] if libs.needs_cache else [])
+    for name in BASE_PACKAGES:
+        paths += _packages.locations(name, sys.path)
     # The public time-zone database, so datetimes with a ZoneInfo work inside.
     paths += [p for p in _zoneinfo_dirs() if os.path.isdir(p)]
-    seen: set[str] = set()
-    return [p for p in paths if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+    return paths
+
+
+def rule_paths(allow_imports: tuple[str, ...], access: Access | None = None) -> list[str]:
+    """Every path that gets a read-only rule, in a stable order."""
+    from . import _packages
+
+    if access is None:
+        access = _packages.resolve(allow_imports)
+    return list(dict.fromkeys([*base_paths(), *access.paths()]))
 
 
 def _zoneinfo_dirs() -> list[str]:
@@ -134,96 +133,17 @@ def _zoneinfo_dirs() -> list[str]:
     return ["/usr/share/zoneinfo", "/usr/lib/zoneinfo", "/usr/share/lib/zoneinfo", "/etc/zoneinfo"]
 
 
-def _elf_needed(path: str) -> list[str]:
-    """The DT_NEEDED sonames of a 64-bit little-endian ELF file ([] if it is not one)."""
-    import mmap
-
-    try:
-        with open(path, "rb") as f:
-            # Map rather than read: only the headers and the dynamic section are touched.
-            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError):
-        return []
-    try:
-        return _elf_needed_in(data)
-    except (struct.error, ValueError, IndexError):
-        return []
-    finally:
-        data.close()
-
-
-def _elf_needed_in(data: Any) -> list[str]:
-    if data[:6] != b"\x7fELF\x02\x01":
-        return []
-    phoff, = struct.unpack_from("<Q", data, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
-    loads, dynamic = [], None
-    for i in range(phnum):
-        p_type, _, p_offset, p_vaddr, _, p_filesz = struct.unpack_from("<IIQQQQ", data, phoff + i * phentsize)
-        if p_type == 1:  # PT_LOAD
-            loads.append((p_vaddr, p_offset, p_filesz))
-        elif p_type == 2:  # PT_DYNAMIC
-            dynamic = (p_offset, p_filesz)
-    if dynamic is None:
-        return []
-    needed, strtab = [], None
-    for off in range(dynamic[0], dynamic[0] + dynamic[1], 16):
-        tag, val = struct.unpack_from("<qQ", data, off)
-        if tag == 0:
-            break
-        if tag == 1:  # DT_NEEDED
-            needed.append(val)
-        elif tag == 5:  # DT_STRTAB (a virtual address)
-            strtab = next((val - va + off_ for va, off_, size in loads if va <= val < va + size), None)
-    if strtab is None:
-        return []
-    return [data[strtab + n: data.find(b"\0", strtab + n)].decode() for n in needed]
-
-
-def _library_dirs() -> list[str]:
-    """Where the dynamic loader will look: dirs of libraries already mapped, then defaults."""
-    dirs: list[str] = []
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                fields = line.split(maxsplit=5)
-                path = fields[5].strip() if len(fields) == 6 else ""
-                if ".so" in path and path.startswith("/"):
-                    dirs.append(os.path.dirname(path))
-    except OSError:
-        pass
-    multiarch = getattr(sys.implementation, "_multiarch", "")
-    for base in ("/lib", "/usr/lib", "/lib64", "/usr/lib64", "/usr/local/lib"):
-        dirs += [os.path.join(base, multiarch), base] if multiarch else [base]
-    return list(dict.fromkeys(d for d in dirs if os.path.isdir(d)))
-
-
-def shared_libraries(dynload_dirs: list[str]) -> list[str]:
-    """The shared libraries that stdlib extension modules link against, recursively.
-
-    Without them ``import zlib`` or ``sqlite3`` fails once Landlock is in force.
-    Libraries already loaded into the process do not need a rule but get one anyway
-    (the list must not depend on what happened to be imported).
-    """
-    dirs = _library_dirs()
-    todo = [os.path.join(d, e) for d in dynload_dirs for e in sorted(os.listdir(d)) if e.endswith(".so")]
-    found: dict[str, str] = {}
-    while todo:
-        for soname in _elf_needed(todo.pop()):
-            if soname in found:
-                continue
-            path = next((os.path.join(d, soname) for d in dirs if os.path.exists(os.path.join(d, soname))), "")
-            found[soname] = path
-            if path:
-                todo.append(path)
-    return sorted(p for p in found.values() if p)
-
-
 class Ruleset:
-    """A prepared ruleset: its fd, the ABI it was built for and what it allows."""
+    """A prepared ruleset: its fd, the ABI it was built for and what it allows.
 
-    def __init__(self, fd: int, abi: int, paths: list[str], seconds: float) -> None:
+    ``finder_dirs`` are shared folders (namespace packages) whose listings the import
+    system must cache before enforcement, since they cannot be listed after it.
+    """
+
+    def __init__(self, fd: int, abi: int, paths: list[str], seconds: float,
+                 finder_dirs: tuple[str, ...] = ()) -> None:
         self.fd, self.abi, self.paths, self.seconds = fd, abi, paths, seconds
+        self.finder_dirs = finder_dirs
 
 
 _CACHE: dict[tuple[str, ...], Ruleset] = {}
@@ -258,8 +178,11 @@ def prepare(allow_imports: tuple[str, ...]) -> Ruleset:
     attr = struct.pack("=QQQ", fs, net, scoped)[: 8 if abi < 4 else 16 if abi < 6 else 24]
     buf = ctypes.create_string_buffer(attr, len(attr))
     fd = _syscall(SYS_CREATE_RULESET, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
-    paths = rule_paths(key)
     try:
+        from . import _packages
+
+        access = _packages.resolve(key)
+        paths = rule_paths(key, access)
         for path in paths:
             _add_rule(fd, path)
         # Listing (not reading) the stdlib directory itself, so a fresh import
@@ -270,19 +193,36 @@ def prepare(allow_imports: tuple[str, ...]) -> Ruleset:
     except BaseException:
         os.close(fd)
         raise
-    fill_import_caches()
-    ruleset = _CACHE[key] = Ruleset(fd, abi, paths, time.perf_counter() - start)
+    fill_import_caches(access.finder_dirs)
+    if access.distributions:
+        fill_metadata_caches()
+    ruleset = _CACHE[key] = Ruleset(fd, abi, paths, time.perf_counter() - start, access.finder_dirs)
     return ruleset
 
 
-def fill_import_caches() -> None:
-    """Let every ``sys.path`` finder list its directory now, while it still can.
+def fill_import_caches(extra_dirs: tuple[str, ...] = ()) -> None:
+    """Let every ``sys.path`` finder (and those of ``extra_dirs``) list its directory now.
 
     After enforcement ``site-packages`` and the stdlib directory itself cannot be
     listed (only the entries granted beneath them); the cached listings stay valid
     as long as the directories' mtimes do not change.
     """
     importlib.machinery.PathFinder.find_spec("_capbridge_fill_import_caches_")
+    if extra_dirs:
+        importlib.machinery.PathFinder.find_spec("_capbridge_fill_import_caches_", list(extra_dirs))
+
+
+def fill_metadata_caches() -> None:
+    """Let ``importlib.metadata`` list each ``sys.path`` directory now, while it still can.
+
+    Packages that read their own version at import (``importlib.metadata.version``)
+    then find their ``.dist-info`` (readable when allowed) after enforcement too; like
+    the import system's, the cached listing holds names only.
+    """
+    import importlib.metadata
+
+    for _ in importlib.metadata.distributions():
+        pass
 
 
 def _add_rule(ruleset_fd: int, path: str, access: int | None = None) -> None:

@@ -27,7 +27,9 @@ from typing import Callable
 from . import _landlock, _namespaces, _policy, _rlimits, _seccomp
 from ._config import SandboxConfig
 
-__all__ = ["LayerState", "LockdownFailed", "LockdownReport", "Step", "build_plan", "lock_down", "run_plan"]
+__all__ = [
+    "LayerState", "LockdownFailed", "LockdownReport", "Step", "build_plan", "compile_seccomp", "lock_down", "run_plan",
+]
 
 
 class LockdownFailed(Exception):
@@ -212,7 +214,7 @@ def _landlock_step(step: Step, run: _Run) -> str:
                          "Landlock restricts only the calling thread: lock down before starting threads")
     try:
         ruleset = run.ruleset or _landlock.prepare(step.param("allow_imports"))  # type: ignore[arg-type]
-        _landlock.fill_import_caches()
+        _landlock.fill_import_caches(ruleset.finder_dirs)
         _landlock.enforce(ruleset)
     except OSError as exc:
         err = exc.errno or 0
@@ -228,16 +230,31 @@ def _seccomp_step(step: Step, run: _Run) -> str:
         nofile = _rlimits.limit_open_files(highest)
     except OSError as exc:
         raise _StepError(exc.errno or _errno.EPERM, str(exc), "could not lower RLIMIT_NOFILE") from None
+    policy, program = _COMPILED.get(os.getpid(), (None, None))
     try:
-        policy = _policy.build_policy(os.getpid())
+        policy = policy or _policy.build_policy(os.getpid())
     except _policy.UnsupportedArch as exc:
         raise _StepError(_errno.ENOSYS, str(exc), "seccomp policy exists for x86_64 and aarch64 only") from None
     try:
-        size = _seccomp.install(policy)
+        size = _seccomp.install(policy, program)
     except OSError as exc:
         err = exc.errno or 0
         raise _StepError(err, f"seccomp filter refused ({os.strerror(err)})", _seccomp_hint(err)) from None
     return f"{policy.arch} filter, {size} instructions; NOFILE={nofile}"
+
+
+# pid -> (policy, compiled program): built ahead of time by a fork server whose
+# sandboxes are pid 1 of their own PID namespace, so each sandbox need not.
+_COMPILED: dict[int, tuple[_policy.Policy, bytes]] = {}
+
+
+def compile_seccomp(pid: int) -> None:
+    """Build and compile the seccomp filter for a future sandbox that will be ``pid``."""
+    try:
+        policy = _policy.build_policy(pid)
+    except _policy.UnsupportedArch:
+        return  # the seccomp step says so when it runs
+    _COMPILED[pid] = (policy, _seccomp.pack(_seccomp.compile_policy(policy)))
 
 
 def _seccomp_hint(err: int) -> str:

@@ -120,20 +120,23 @@ SECCOMP_FILTER_FLAG_TSYNC = 1
 _SECCOMP_NR = {"x86_64": 317, "aarch64": 277}
 
 
-def install(policy: Policy) -> int:
+def install(policy: Policy, program: bytes | None = None) -> int:
     """Set no_new_privs and install the filter on every thread of the process.
 
+    ``program`` is ``pack(compile_policy(policy))`` when it was compiled ahead of time.
     Returns the program length; raises ``OSError`` with the kernel's errno on failure.
     """
-    prog = compile_policy(policy)
-    if len(prog) > 4096:
-        raise OSError(22, f"filter has {len(prog)} instructions, the kernel allows 4096")
+    if program is None:
+        program = pack(compile_policy(policy))
+    length = len(program) // 8
+    if length > 4096:
+        raise OSError(22, f"filter has {length} instructions, the kernel allows 4096")
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, "prctl(PR_SET_NO_NEW_PRIVS) failed")
-    buf = ctypes.create_string_buffer(pack(prog))
-    fprog = _SockFprog(len(prog), ctypes.cast(buf, ctypes.c_void_p))
+    buf = ctypes.create_string_buffer(program)
+    fprog = _SockFprog(length, ctypes.cast(buf, ctypes.c_void_p))
     libc.syscall.restype = ctypes.c_long
     rc = libc.syscall(ctypes.c_long(_SECCOMP_NR[policy.arch]), ctypes.c_long(SECCOMP_SET_MODE_FILTER),
                       ctypes.c_long(SECCOMP_FILTER_FLAG_TSYNC), ctypes.byref(fprog))
@@ -142,4 +145,4 @@ def install(policy: Policy) -> int:
         raise OSError(err, "seccomp(SECCOMP_SET_MODE_FILTER) failed")
     if rc > 0:
         raise OSError(11, f"seccomp: thread {rc} could not be synchronised")
-    return len(prog)
+    return length

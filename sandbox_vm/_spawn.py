@@ -18,18 +18,17 @@ import select
 import signal
 import socket
 import subprocess
-import sysconfig
 import threading
 import weakref
 
 from . import _forkserver as wire
 from ._config import ExitStatus, SandboxConfig
+from ._packages import server_paths
 
 __all__ = ["ForkServer", "SandboxProcess", "prestart", "spawn", "stats"]
 
 CHANNEL_PIPE_SIZE = 1 << 20
 SPAWN_TIMEOUT = 30.0  # seconds the server may take to answer a spawn (cold start included)
-_REQUIRED = ("sandbox_vm", "capbridge", "cloudpickle", "tblib")
 
 
 class SandboxProcess:
@@ -143,7 +142,7 @@ class ForkServer:
         host, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._popen = subprocess.Popen(
-                wire.server_command(child.fileno(), _import_paths(paths), options),
+                wire.server_command(child.fileno(), server_paths(paths), options),
                 env=dict(wire.SERVER_ENV),
                 cwd="/",
                 stdin=subprocess.DEVNULL,
@@ -416,24 +415,6 @@ atexit.register(_stop_all)
 
 
 # -- helpers --------------------------------------------------------------------------
-
-def _import_paths(extra: tuple[str, ...]) -> list[str]:
-    """The directories the server imports from: ours, our dependencies', site's."""
-    import importlib.util
-
-    paths: list[str] = []
-    for name in _REQUIRED:
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.submodule_search_locations:
-            paths.append(os.path.dirname(os.path.abspath(list(spec.submodule_search_locations)[0])))
-    site = sysconfig.get_paths()
-    paths += [site["purelib"], site["platlib"], *extra]
-    out: list[str] = []
-    for p in paths:
-        if p and os.path.isdir(p) and p not in out:
-            out.append(p)
-    return out
-
 
 def _received_fds(anc: list) -> list[int]:
     fds = array.array("i")

@@ -366,3 +366,12 @@ def test_format_table_says_why_not() -> None:
     assert lines[0].split()[:3] == ["layer", "available", "strict"]
     assert "landlock" in table and "NO" in table and "lsm=" in table
     assert lines[-1] == "strict confinement: UNAVAILABLE (missing landlock)"
+
+
+def test_filter_compiled_ahead_is_the_one_built_at_lockdown() -> None:
+    from sandbox_vm import _lockdown, _policy, _seccomp
+
+    _lockdown.compile_seccomp(1)
+    policy, program = _lockdown._COMPILED.pop(1)
+    assert policy == _policy.build_policy(1)
+    assert program == _seccomp.pack(_seccomp.compile_policy(_policy.build_policy(1)))
