@@ -6,6 +6,7 @@ import pathlib
 import re
 
 import pytest
+from conftest import CONFINEMENT
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -14,7 +15,8 @@ sphinx_build = pytest.importorskip("sphinx.cmd.build", reason="sphinx is not ins
 
 
 PAGES = ("index", "quickstart", "threat-model", "capabilities", "host-apis", "confinement",
-         "cli", "api", "protocol", "performance")
+         "cli", "api", "protocol", "performance", "deploying", "faq", "development",
+         "jobs/plugin-host", "jobs/game-scripting", "jobs/agent-tools", "jobs/tenant-server")
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +131,36 @@ def test_ci_runs_the_readme_test_command():
     test_command = re.findall(r"```bash\n(.*?)\n```", readme, flags=re.S)[1].strip()
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_command in ci, "the last line of .ci/run must be the README's test command"
+
+
+def _python_blocks(page: str) -> list[str]:
+    """The ``.. code-block:: python`` blocks of a page, dedented."""
+    import textwrap
+
+    blocks = []
+    lines = (DOCS / page).read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() == ".. code-block:: python":
+            indent = len(line) - len(line.lstrip())
+            body = []
+            for follow in lines[i + 1:]:
+                if follow.strip() and len(follow) - len(follow.lstrip()) <= indent:
+                    break
+                body.append(follow)
+            blocks.append(textwrap.dedent("\n".join(body)).strip() + "\n")
+    return blocks
+
+
+@pytest.mark.skipif(CONFINEMENT != "strict", reason="the tutorial's snippets use the default, strict confinement")
+@pytest.mark.parametrize("index", range(len(_python_blocks("quickstart.rst"))))
+def test_tutorial_snippets_run_as_written(index, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    source = _python_blocks("quickstart.rst")[index]
+    script = tmp_path / "snippet.py"
+    script.write_text(source)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, f"docs/quickstart.rst snippet {index} failed:\n{source}\n{proc.stderr}"
