@@ -33,7 +33,8 @@ EX_INTERRUPTED = 130
 #: Exit codes of ``capbridge run`` / ``shell`` other than the script's own.
 EXIT_CODES: dict[int, str] = {
     1: "the script raised an uncaught exception (its traceback is printed)",
-    EX_USAGE: "bad command line (unknown option, bad HOST_DIR:VIRTUAL_DIR, unreadable FILE)",
+    EX_USAGE: "bad command line (unknown option, bad HOST_DIR:VIRTUAL_DIR, unreadable FILE, "
+              "a --grant that cannot be made)",
     EX_UNAVAILABLE: "the confinement asked for is unavailable here (see `capbridge check`)",
     EX_SOFTWARE: "capbridge itself failed",
     EX_TIMEOUT: "wall-clock limit hit (--timeout); the sandbox was killed",
@@ -244,9 +245,9 @@ def _read_script(path: str) -> str:
         raise UsageError(f"cannot decode script {path!r}: {exc}") from None
 
 
-def _open_sandbox(opts: argparse.Namespace, fs: Any) -> Any:
+def _open_sandbox(opts: argparse.Namespace, fs: Any, grants: dict[str, Any] | None = None) -> Any:
     """Start the sandbox for ``opts``; warnings become ``capbridge:`` lines on stderr."""
-    from . import Limits, Sandbox
+    from . import CapabilityError, Limits, Sandbox
 
     limits = Limits(memory_mb=opts.memory, cpu_seconds=opts.cpu, wall_seconds=opts.timeout,
                     max_output_kb=None)
@@ -258,6 +259,15 @@ def _open_sandbox(opts: argparse.Namespace, fs: Any) -> Any:
                          preload=tuple(opts.preload or ()), stdout=sys.stdout, stderr=sys.stderr)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    try:
+        for name, obj in (grants or {}).items():
+            try:
+                sb.grant(name, obj)
+            except CapabilityError as exc:
+                raise UsageError(f"--grant {name}=...: what the factory returned ({type(obj).__name__}) cannot be granted: {exc}") from None
+    except BaseException:
+        sb.close()
+        raise
     for w in caught:
         _say(str(w.message))
     return sb
@@ -344,6 +354,89 @@ def _failure(exc: BaseException, opts: argparse.Namespace, what: str) -> tuple[i
     return EX_SOFTWARE, f"{type(exc).__name__}: {exc}"
 
 
+# ---------------------------------------------------------------------- --grant NAME=module:factory
+
+_GRANT_EXAMPLE = "e.g. --grant inventory=myapp.api:make_inventory"
+
+
+def _parse_grant_spec(spec: str) -> tuple[str, str, str]:
+    """``(name, module, attribute path)`` of ``NAME=module:factory``, or a UsageError."""
+    name, eq, target = spec.partition("=")
+    module, colon, attr = target.partition(":")
+    if not (eq and colon and name and module and attr):
+        raise UsageError(f"--grant {spec}: expected NAME=module:factory, {_GRANT_EXAMPLE}")
+    import keyword
+
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise UsageError(f"--grant {spec}: the name must be a Python identifier, not {name!r}")
+    for what, dotted in (("module", module), ("factory", attr)):
+        if not all(part.isidentifier() for part in dotted.split(".")):
+            raise UsageError(f"--grant {spec}: the {what} must be a dotted Python name, not {dotted!r}")
+    return name, module, attr
+
+
+def _print_user_traceback(exc: BaseException) -> None:
+    """The traceback of ``exc`` without capbridge's and importlib's frames."""
+    import importlib
+
+    hidden = (os.path.dirname(os.path.abspath(__file__)) + os.sep, os.path.dirname(importlib.__file__) + os.sep,
+              "<frozen importlib")
+    te = traceback.TracebackException.from_exception(exc)
+    te.stack = traceback.StackSummary.from_list([f for f in te.stack if not f.filename.startswith(hidden)])
+    sys.stderr.write("".join(te.format()))
+
+
+def _import_for_grant(spec: str, module: str) -> Any:
+    import importlib
+
+    if not {"", os.getcwd()} & set(sys.path):
+        sys.path.insert(0, os.getcwd())  # the `capbridge` script does not search the current directory
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module == exc.name or module.startswith(exc.name + ".")):
+            raise UsageError(f"--grant {spec}: no module named {exc.name!r} in the current directory "
+                             f"({os.getcwd()}) or on sys.path") from None
+        _print_user_traceback(exc)
+        raise UsageError(f"--grant {spec}: importing {module} failed: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed: show its traceback
+        _print_user_traceback(exc)
+        raise UsageError(f"--grant {spec}: importing {module} failed: {type(exc).__name__}: {exc}") from None
+
+
+def _load_factory(spec: str) -> tuple[str, Any]:
+    """Import the factory named by ``spec`` on this machine, call it, return ``(name, result)``."""
+    name, module, attr = _parse_grant_spec(spec)
+    factory = _import_for_grant(spec, module)
+    for part in attr.split("."):
+        try:
+            factory = getattr(factory, part)
+        except AttributeError:
+            raise UsageError(f"--grant {spec}: {module} has no attribute {attr!r}") from None
+    if not callable(factory):
+        raise UsageError(f"--grant {spec}: {module}:{attr} is not callable (its type is {type(factory).__name__}); "
+                         "--grant calls it with no arguments and grants what it returns")
+    try:
+        return name, factory()
+    except Exception as exc:  # noqa: BLE001 - the user's factory failed: show its traceback
+        _print_user_traceback(exc)
+        raise UsageError(f"--grant {spec}: {module}:{attr}() raised {type(exc).__name__}: {exc}") from None
+
+
+def _factory_grants(specs: Sequence[str], mounts: list[tuple[str, str, bool]]) -> dict[str, Any]:
+    """The objects of every ``--grant``, made on this machine before the sandbox starts."""
+    grants: dict[str, Any] = {}
+    for spec in specs:
+        name = spec.partition("=")[0]
+        if name in grants:
+            raise UsageError(f"--grant {spec}: {name!r} is granted twice")
+        if name == "fs" and mounts:
+            raise UsageError(f"--grant {spec}: 'fs' is the file system of --ro/--rw; choose another name")
+        name, obj = _load_factory(spec)
+        grants[name] = obj
+    return grants
+
+
 def _default_cwd(opts: argparse.Namespace, mounts: list[tuple[str, str, bool]]) -> str | None:
     if opts.cwd is not None:
         if not mounts:
@@ -361,10 +454,11 @@ def _cmd_run(opts: argparse.Namespace) -> int:
     cwd = _default_cwd(opts, mounts)
     source = _read_script(opts.file)
     filename = _script_name(opts.file, mounts)
+    grants = _factory_grants(opts.grant or (), mounts)
     fs = _make_fs(mounts) if mounts else None
     sb = None
     try:
-        sb = _open_sandbox(opts, fs)
+        sb = _open_sandbox(opts, fs, grants)
         sb.call(_sandbox_prepare, [filename, *opts.args], cwd, filename, source)
         with _ForwardInterrupt(sb.pid):
             kind, value, extra = _checked(sb.call(_sandbox_run, source, filename, "exec"))
@@ -405,31 +499,73 @@ def _lines(interactive: bool) -> Iterator[tuple[str | None, bool]]:
         more = yield line, False  # type: ignore[misc]
 
 
+class _LineEditing:
+    """readline for the shell: Tab completion asked of the sandbox, history of this session.
+
+    ``killed`` turns true when a second Ctrl-C during a completion killed the sandbox.
+    """
+
+    def __init__(self, sb: Any, readline: Any) -> None:
+        from ._completion import ShellCompleter
+
+        self.sb = sb
+        self.killed = False
+        readline.clear_history()
+        readline.set_completer(ShellCompleter(self.ask, readline))
+        readline.parse_and_bind("tab: complete")
+
+    def ask(self, line: str, begidx: int, endidx: int) -> Any:
+        from ._completion import candidates
+
+        if self.killed:
+            return []
+        try:
+            with _ForwardInterrupt(self.sb.pid):
+                return self.sb.call(candidates, line, begidx, endidx)
+        except KeyboardInterrupt:
+            # readline swallows exceptions raised here: the shell loop ends on this flag.
+            self.killed = True
+            self.sb.kill()
+            _say("interrupted; the sandbox was killed (press Enter)")
+            return []
+
+
+def _line_editing(sb: Any) -> _LineEditing | None:
+    """Set up readline for an interactive shell; None where Python has no readline."""
+    try:
+        import readline
+    except ImportError:
+        return None
+    return _LineEditing(sb, readline)
+
+
 def _cmd_shell(opts: argparse.Namespace) -> int:
     from . import CapbridgeError
 
     mounts = _parse_mounts(opts.mounts or ())
     cwd = _default_cwd(opts, mounts)
     interactive = sys.stdin.isatty()
-    if interactive:
-        try:
-            import readline  # noqa: F401 - line editing and history for input()
-        except ImportError:
-            pass
+    grants = _factory_grants(opts.grant or (), mounts)
     fs = _make_fs(mounts) if mounts else None
     compiler = codeop.CommandCompiler()
     sb = None
     try:
-        sb = _open_sandbox(opts, fs)
+        sb = _open_sandbox(opts, fs, grants)
         sb.call(_sandbox_prepare, [""], cwd, None, None)
+        editing = _line_editing(sb) if interactive else None
         if interactive:
             where = ", ".join(f"{v} ({'rw' if w else 'ro'})" for v, _, w in mounts) or "none"
+            names = ", ".join(sorted([*grants, *(["fs"] if fs is not None else [])])) or "none"
             print(f"capbridge shell: Python {sys.version.split()[0]} in a sandbox "
-                  f"(confinement {opts.confinement}; files: {where}). Ctrl-D exits.", file=sys.stderr)
+                  f"(confinement {opts.confinement}; files: {where}; grants: {names}).\n"
+                  "Tab completes, help(name) documents a grant, Ctrl-C interrupts, Ctrl-D exits.",
+                  file=sys.stderr)
         buffer: list[str] = []
         lines = _lines(interactive)
         item = next(lines, None)
         while item is not None:
+            if editing is not None and editing.killed:
+                return EX_INTERRUPTED
             line, interrupted = item
             source = None
             if interrupted:
@@ -528,8 +664,15 @@ _SANDBOX_OPTIONS_HELP = """\
 file system:
   Without --ro/--rw the script reaches no files except the standard library (read-only).
   With them it gets a virtual file system (granted as the global `fs`): open(), os and
-  pathlib see only the mapped directories; opening anything else is a PermissionError.
-  Symbolic links inside them are not followed.
+  pathlib see only the mapped directories. open() of a path outside them raises
+  PermissionError naming the mapped directories; os.stat(), os.listdir() and
+  os.path.exists() find nothing there (FileNotFoundError, False). Symbolic links inside
+  them are not followed.
+
+application objects:
+  --grant inventory=myapp:make_inventory imports myapp on this machine (from the current
+  directory or sys.path), calls make_inventory() here and grants what it returns as the
+  global `inventory`: an object with @expose'd methods, a function, or plain data.
 """
 
 
@@ -551,6 +694,9 @@ def _add_sandbox_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=_limit(float), default=d.wall_seconds, metavar="S",
                    help=f"wall-clock seconds (run: the whole script; shell: each statement), "
                         f"or 'none' (default {d.wall_seconds:g})")
+    g.add_argument("--grant", action="append", metavar="NAME=module:factory",
+                   help="import module on this machine (from the current directory or sys.path), call "
+                        "factory() and grant the result as NAME (repeatable)")
     g.add_argument("--allow-import", action="append", metavar="PKG",
                    help="let the sandbox import this installed package and its dependencies "
                         "(import name; repeatable; `capbridge check --allow-import PKG` shows what opens)")
@@ -597,9 +743,13 @@ def _parser() -> argparse.ArgumentParser:
             "An interactive Python prompt whose code runs in a sandbox. Lines are edited and\n"
             "collected on this machine (readline when available) and each complete statement\n"
             "runs in the sandbox's __main__, which persists; expression results print with\n"
-            "repr(), errors print their sandbox traceback, Ctrl-C interrupts the running\n"
-            "statement (twice: kills the sandbox), Ctrl-D or exit() ends the shell. With stdin\n"
-            "not a terminal, statements are read from it without prompts."
+            "repr(), errors print their sandbox traceback. Tab completes names, attributes and\n"
+            "module names as the sandbox sees them (a grant's attributes come from its\n"
+            "interface: Tab never calls the host object or runs a property); Up and Down recall\n"
+            "this session's lines; help(name) shows a grant's host signatures and docstrings.\n"
+            "Ctrl-C interrupts the running statement (twice: kills the sandbox), Ctrl-D or\n"
+            "exit() ends the shell. With stdin not a terminal, statements are read from it\n"
+            "without prompts."
         ),
         epilog=_SANDBOX_OPTIONS_HELP + "\n" + _exit_code_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -624,7 +774,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _RUN_OPTIONS = {"-h": False, "--help": False, "--ro": True, "--rw": True, "--cwd": True, "--memory": True,
-                "--cpu": True, "--timeout": True, "--allow-import": True, "--preload": True, "--confinement": True}
+                "--cpu": True, "--timeout": True, "--allow-import": True, "--preload": True, "--grant": True, "--confinement": True}
 
 
 def _split_run_argv(argv: list[str]) -> tuple[list[str], list[str]]:

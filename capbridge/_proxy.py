@@ -13,11 +13,16 @@ from typing import Any, Iterator
 
 from ._errors import ProtocolError
 from ._expose import ALLOWED_DUNDERS
+from ._presentation import HelpHook, class_name, signature_from_text, with_self
 from ._protocol import Op
 
 __all__ = ["Proxy", "InterfaceDesc", "build_proxy_class", "check_descriptor", "is_proxy"]
 
 _CALL, _GET, _SET, _ITER = int(Op.CALL), int(Op.GET), int(Op.SET), int(Op.ITER)
+
+#: Proxy classes and their methods name this module (it is not importable), so help()
+#: and tracebacks do not point into capbridge's internals.
+_PROXY_MODULE = "capbridge.proxy"
 
 #: Items moved per round trip when iterating a proxy.
 ITER_BATCH = 256
@@ -101,6 +106,9 @@ class Proxy:
 
     __slots__ = ("_cb_chan", "_cb_id", "_cb_entry", "__weakref__")
     _cb_desc: InterfaceDesc
+    _cb_trusted: bool
+    #: ``help(proxy)`` documents the exposed members only, as the peer wrote them.
+    __origin__ = HelpHook()
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"{cls.__name__} proxies are made by capbridge, not constructed")
@@ -155,36 +163,19 @@ def _new_proxy(cls: type, chan: Any, entry: Any) -> Proxy:
     return p
 
 
-def _signature_from(text: str, trusted: bool) -> Any:
-    if not trusted or not text:
-        return None
-    import inspect
-
-    src = f"def _f{text}: pass"
-    ns: dict[str, Any] = {}
-    try:
-        exec(compile("from __future__ import annotations\n" + src, "<signature>", "exec"), ns)
-        sig = inspect.signature(ns["_f"])
-    except Exception:
-        return None
-    return sig
-
-
 def _method(name: str, doc: str, sig_text: str, trusted: bool) -> Any:
     def method(self: Proxy, *args: Any, **kwargs: Any) -> Any:
         return self._cb_chan.call(self._cb_id, _CALL, name, args, kwargs)
 
     method.__name__ = method.__qualname__ = name
-    method.__doc__ = doc if trusted else f"{name}{sig_text}\n\n{doc}".strip()
-    sig = _signature_from(sig_text, trusted)
-    if sig is not None:
-        import inspect
-
-        params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *sig.parameters.values()]
-        try:
-            method.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-        except ValueError:
-            pass
+    method.__module__ = _PROXY_MODULE
+    sig = signature_from_text(sig_text) if trusted else None
+    if sig is None:
+        method.__annotations__ = {}
+        method.__doc__ = f"{name}{sig_text}\n\n{doc}".strip() if sig_text and not trusted else doc
+    else:
+        method.__doc__ = doc
+        method.__signature__ = with_self(sig)  # type: ignore[attr-defined]
     return method
 
 
@@ -240,6 +231,7 @@ def _dunder(name: str, doc: str) -> Any:
             return self._cb_chan.call(self._cb_id, _CALL, name, args, {})
 
     fn.__name__ = fn.__qualname__ = name
+    fn.__module__ = _PROXY_MODULE
     fn.__doc__ = doc or None
     return fn
 
@@ -251,8 +243,8 @@ def build_proxy_class(desc: InterfaceDesc, *, trusted: bool) -> type:
     rebuilding real signatures; on the host, descriptors from the sandbox only ever
     become names, docstrings and forwarding stubs.
     """
-    ns: dict[str, Any] = {"__slots__": (), "_cb_desc": desc, "__doc__": desc.doc or None,
-                          "__module__": "capbridge.proxy"}
+    ns: dict[str, Any] = {"__slots__": (), "_cb_desc": desc, "_cb_trusted": trusted,
+                          "__doc__": desc.doc or None, "__module__": _PROXY_MODULE}
     for name, (doc, sig) in desc.methods.items():
         ns[name] = _method(name, doc, sig, trusted)
     for name, (doc, settable) in desc.properties.items():
@@ -263,10 +255,9 @@ def build_proxy_class(desc: InterfaceDesc, *, trusted: bool) -> type:
         ns["__call__"] = _dunder("__call__", "")
     if "__eq__" in ns and "__hash__" not in ns:
         ns["__hash__"] = None
-    cls_name = desc.name if desc.name.isidentifier() else "Proxy"
-    cls = type(cls_name, (Proxy,), ns)
+    cls = type(class_name(desc.name), (Proxy,), ns)
     if trusted and desc.callable and desc.call_signature:
-        sig = _signature_from(desc.call_signature, trusted)
+        sig = signature_from_text(desc.call_signature)
         if sig is not None:
             cls.__signature__ = sig  # type: ignore[attr-defined]
     return cls
