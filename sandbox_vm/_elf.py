@@ -212,9 +212,17 @@ class Loader:
         needs_cache = False
         seen: set[tuple[str, tuple[str, ...]]] = set()
         todo = [(os.path.abspath(p), ()) for p in objects]
+        reals: dict[str, str] = {}
+
+        def real(p: str) -> str:
+            r = reals.get(p)
+            if r is None:
+                r = reals[p] = os.path.realpath(p)
+            return r
+
         while todo:
             path, inherited = todo.pop()
-            key = (os.path.realpath(path), inherited)
+            key = (real(path), inherited)
             if key in seen:
                 continue
             seen.add(key)
@@ -230,7 +238,7 @@ class Loader:
                     missing[(name, path)] = None
                 for lib in libs:
                     lib = dataclasses.replace(lib, needed_by=path)
-                    found.setdefault((lib.soname, os.path.realpath(lib.path), os.path.realpath(path)), lib)
+                    found.setdefault((lib.soname, real(lib.path), real(path)), lib)
                     # What it loads searches its DT_RPATH and its loaders' (a RUNPATH hides its own).
                     todo.append((lib.path, (() if info.runpath else own_rpath) + inherited))
         libs = sorted(found.values(), key=lambda lib: (lib.path, lib.soname, lib.needed_by))
