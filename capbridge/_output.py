@@ -1,8 +1,10 @@
-"""Delivery of sandbox stdout/stderr to the host, capped at ``Limits.max_output_kb``.
+"""Delivery of sandbox stdout/stderr to the host, capped per call at ``Limits.max_output_kb``.
 
 One thread serves every sandbox's output pipes; a sandbox's output is also drained
 synchronously after each front-door call, so what a call printed has been delivered
-when it returns.
+when it returns. The byte budget starts afresh with every call into the sandbox.
+While :meth:`OutputSink.begin_capture` is in force (``Sandbox.execute``) output is
+kept in a :class:`Capture` instead of being delivered.
 """
 
 from __future__ import annotations
@@ -12,15 +14,51 @@ import os
 import selectors
 import sys
 import threading
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["OutputSink", "pump"]
+__all__ = ["OutputSink", "Capture", "pump"]
+
+
+class Capture:
+    """One run's stdout and stderr, each kept up to ``cap`` bytes."""
+
+    def __init__(self, cap: int | None) -> None:
+        self.cap = cap
+        self._parts: dict[int, list[str]] = {1: [], 2: []}
+        self._kept = {1: 0, 2: 0}
+        self._dropped = {1: 0, 2: 0}
+        self._decoders = {w: codecs.getincrementaldecoder("utf-8")(errors="replace") for w in (1, 2)}
+
+    def feed(self, which: int, data: bytes) -> None:
+        if self.cap is not None:
+            room = self.cap - self._kept[which]
+            if len(data) > room:
+                self._dropped[which] += len(data) - max(room, 0)
+                data = data[:max(room, 0)]
+            self._kept[which] += len(data)
+        if data:
+            self._parts[which].append(self._decoders[which].decode(data))
+
+    def text(self, which: int) -> str:
+        """Everything kept, with a visible marker where the cap cut it off."""
+        parts = self._parts[which]
+        parts.append(self._decoders[which].decode(b"", final=True))
+        text = "".join(parts)
+        dropped = self._dropped[which]
+        if dropped:
+            text += (f"\n[output cut off at {self.cap // 1024} KiB (Limits.max_output_kb): "  # type: ignore[operator]
+                     f"{dropped} more bytes discarded]\n")
+        return text
 
 
 class OutputSink:
-    """Where one sandbox's output goes; shares one byte budget for both streams."""
+    """Where one sandbox's output goes; one byte budget per call for both streams.
 
-    def __init__(self, label: str, stdout: Any, stderr: Any, cap_bytes: int | None) -> None:
+    ``epoch()`` names the current call (the budget starts afresh when it changes).
+    """
+
+    def __init__(self, label: str, stdout: Any, stderr: Any, cap_bytes: int | None,
+                 epoch: Callable[[], int] | None = None) -> None:
         self.label = label
         self.cap = cap_bytes
         self.kept = 0
@@ -28,10 +66,36 @@ class OutputSink:
         self.lock = threading.RLock()
         self.streams: dict[int, _Stream] = {}
         self._targets = {1: stdout, 2: stderr}
+        self._epoch_of = epoch
+        self._epoch = -1
+        self._capture: Capture | None = None
 
     def add(self, fd: int, which: int) -> None:
         os.set_blocking(fd, False)
         self.streams[fd] = _Stream(self, which, self._targets[which])
+
+    def set_targets(self, stdout: Any, stderr: Any) -> None:
+        """Send later output to ``stdout`` / ``stderr`` (None: the host's, prefixed)."""
+        with self.lock:
+            self._targets = {1: stdout, 2: stderr}
+            for stream in self.streams.values():
+                stream.finish()
+                stream.retarget(self._targets[stream.which])
+
+    def begin_capture(self) -> Capture:
+        """Keep output in a new :class:`Capture` (each stream capped at the budget)."""
+        with self.lock:
+            self.drain()  # what came before belongs to earlier calls
+            self._capture = Capture(self.cap)
+            return self._capture
+
+    def end_capture(self) -> Capture:
+        """Stop capturing (after taking what is in the pipes now); returns the capture."""
+        with self.lock:
+            self.drain()
+            capture, self._capture = self._capture, None
+        assert capture is not None
+        return capture
 
     def feed(self, fd: int) -> bool:
         """Read what is available on ``fd``; False at end of file."""
@@ -49,10 +113,18 @@ class OutputSink:
                 if not data:
                     stream.finish()
                     return False
-                self._deliver(stream, data)
+                if self._capture is not None:
+                    self._capture.feed(stream.which, data)
+                else:
+                    self._deliver(stream, data)
 
     def _deliver(self, stream: "_Stream", data: bytes) -> None:
         if self.cap is not None:
+            epoch = self._epoch_of() if self._epoch_of is not None else 0
+            if epoch != self._epoch:
+                self._epoch = epoch
+                self.kept = 0
+                self.truncated = False
             room = self.cap - self.kept
             if room <= 0:
                 self._note_truncated(stream)
@@ -70,8 +142,8 @@ class OutputSink:
         if not self.truncated:
             self.truncated = True
             stream.finish()
-            stream.emit(f"\n[{self.label}: output cut off at {self.cap // 1024} KiB "
-                        f"(Limits.max_output_kb); the rest is discarded]\n")
+            stream.emit(f"\n[{self.label}: output cut off at {self.cap // 1024} KiB "  # type: ignore[operator]
+                        f"(Limits.max_output_kb); the rest of this call's output is discarded]\n")
 
     def drain(self) -> None:
         for fd in list(self.streams):
@@ -87,9 +159,13 @@ class _Stream:
         self.sink = sink
         self.which = which
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.prefix_lines = target is None
         self.at_line_start = True
+        self.retarget(target)
+
+    def retarget(self, target: Any) -> None:
+        self.prefix_lines = target is None
         self.target = target
+        self.at_line_start = True
 
     def _out(self, text: str) -> None:
         target = self.target

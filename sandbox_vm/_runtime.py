@@ -64,14 +64,31 @@ class Runtime:
     def exec(self, source: str, filename: str) -> None:
         _remember_source(filename, source)
         try:
-            code = compile(source, filename, "exec")
-            exec(code, self.main.__dict__)
+            exec(_compile(source, filename, "exec"), self.main.__dict__)
         finally:
             _flush()
 
     def eval(self, expression: str) -> Any:
         try:
-            return eval(compile(expression, "<sandbox>", "eval"), self.main.__dict__)
+            return eval(_compile(expression, "<sandbox>", "eval"), self.main.__dict__)
+        finally:
+            _flush()
+
+    def execute(self, source: str) -> Any:
+        """Run statements like the interactive prompt: the value of a final
+        expression statement is the result (None without one)."""
+        import ast
+
+        filename = "<sandbox>"
+        _remember_source(filename, source)
+        try:
+            tree = _compile(source, filename, "exec", ast.PyCF_ONLY_AST)
+            last = None
+            if tree.body and isinstance(tree.body[-1], ast.Expr):
+                last = ast.Expression(tree.body.pop().value)
+            namespace = self.main.__dict__
+            exec(_compile(tree, filename, "exec"), namespace)
+            return None if last is None else eval(_compile(last, filename, "eval"), namespace)
         finally:
             _flush()
 
@@ -89,7 +106,7 @@ class Runtime:
         _remember_source(mod.__file__, source)
         sys.modules[name] = mod
         try:
-            exec(compile(source, f"<{name}>", "exec"), mod.__dict__)
+            exec(_compile(source, f"<{name}>", "exec"), mod.__dict__)
         except BaseException:
             sys.modules.pop(name, None)
             raise
@@ -114,6 +131,14 @@ class Runtime:
 
     def ping(self) -> int:
         return os.getpid()
+
+
+def _compile(source: Any, filename: str, mode: str, flags: int = 0) -> Any:
+    """compile(), with a SyntaxError that shows the code, not the runtime's frame."""
+    try:
+        return compile(source, filename, mode, flags)
+    except SyntaxError as exc:
+        raise exc.with_traceback(None) from None
 
 
 def _remember_source(filename: str, source: str) -> None:
@@ -169,6 +194,9 @@ def serve(rfd: int, wfd: int, config: SandboxConfig, report: Any) -> int:
     session = Session(trusted_peer=True, max_frame=config.max_message_bytes, debug=config.debug,
                       bootstrap=runtime)
     chan = Channel(session, rfd, wfd, raise_error=lambda data: error_from_data(data, trusted=True))
+    from capbridge import _interrupt
+
+    _interrupt.install(chan.interrupt)
     import gc
 
     gc.freeze()  # start-up objects never need collecting; keeps collections short
