@@ -46,8 +46,9 @@ class Capture:
         text = "".join(parts)
         dropped = self._dropped[which]
         if dropped:
-            text += (f"\n[output cut off at {self.cap // 1024} KiB (Limits.max_output_kb): "  # type: ignore[operator]
-                     f"{dropped} more bytes discarded]\n")
+            text += ("" if text.endswith("\n") or not text else "\n") + (
+                f"[output cut off at {self.cap // 1024} KiB (Limits.max_output_kb): "  # type: ignore[operator]
+                f"{dropped} more bytes discarded]\n")
         return text
 
 
@@ -98,11 +99,11 @@ class OutputSink:
         return capture
 
     def feed(self, fd: int) -> bool:
-        """Read what is available on ``fd``; False at end of file."""
-        stream = self.streams.get(fd)
-        if stream is None:
-            return False
+        """Read what is available on ``fd``; False at end of file, or once closed."""
         with self.lock:
+            stream = self.streams.get(fd)
+            if stream is None:
+                return False  # closed: the fd number may belong to another file now
             while True:
                 try:
                     data = os.read(fd, 65536)
@@ -148,6 +149,10 @@ class OutputSink:
     def drain(self) -> None:
         for fd in list(self.streams):
             self.feed(fd)
+
+    def detach(self) -> None:
+        """Forget the fds (call with ``lock`` held, before they are closed)."""
+        self.streams.clear()
 
 
 _VISIBLE_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0, 9), *range(11, 32), 127]}
@@ -208,13 +213,16 @@ class _Stream:
 
 
 class _Pump:
+    """The thread that reads every sandbox's output pipes.
+
+    An epoll set: registering or unregistering an fd takes effect at once, even
+    while the thread waits, so neither needs to wake it.
+    """
+
     def __init__(self) -> None:
-        self.sel = selectors.DefaultSelector()
+        self.sel = selectors.EpollSelector()
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        self.sel.register(self.wake_r, selectors.EVENT_READ, None)
 
     def register(self, sink: OutputSink) -> None:
         with self.lock:
@@ -223,16 +231,20 @@ class _Pump:
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="capbridge-output", daemon=True)
                 self.thread.start()
-        os.write(self.wake_w, b"x")
 
     def unregister(self, sink: OutputSink) -> None:
         with self.lock:
             for fd in sink.streams:
-                try:
-                    self.sel.unregister(fd)
-                except (KeyError, ValueError):
-                    pass
-        os.write(self.wake_w, b"x")
+                self._drop(fd, sink)
+
+    def _drop(self, fd: int, sink: OutputSink) -> None:
+        # Only this sink's registration: once it was closed, the fd number may have
+        # been registered again for another sandbox. Caller holds the lock.
+        try:
+            if self.sel.get_key(fd).data is sink:
+                self.sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
 
     def _run(self) -> None:
         while True:
@@ -241,21 +253,10 @@ class _Pump:
             except OSError:
                 continue
             for key, _ in events:
-                if key.data is None:
-                    try:
-                        os.read(self.wake_r, 4096)
-                    except BlockingIOError:
-                        pass
-                    continue
                 sink: OutputSink = key.data
                 if not sink.feed(key.fd):
                     with self.lock:
-                        try:
-                            self.sel.unregister(key.fd)
-                        except (KeyError, ValueError):
-                            pass
-            with self.lock:
-                pass
+                        self._drop(key.fd, sink)
 
 
 _PUMP: _Pump | None = None

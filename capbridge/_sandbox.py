@@ -565,6 +565,7 @@ class Sandbox:
         pump().unregister(self._sink)
         fds_free = chan.quiesce(1.0)
         with self._sink.lock:
+            self._sink.detach()
             if fds_free:
                 proc.close_fds()
             else:  # a thread is still in a read; it gets EOF and proc.__del__ closes the rest

@@ -64,13 +64,13 @@ class Runtime:
     def exec(self, source: str, filename: str) -> None:
         _remember_source(filename, source)
         try:
-            exec(_compile(source, filename, "exec"), self.main.__dict__)
+            exec(compile(source, filename, "exec"), self.main.__dict__)
         finally:
             _flush()
 
     def eval(self, expression: str) -> Any:
         try:
-            return eval(_compile(expression, "<sandbox>", "eval"), self.main.__dict__)
+            return eval(compile(expression, "<sandbox>", "eval"), self.main.__dict__)
         finally:
             _flush()
 
@@ -82,13 +82,13 @@ class Runtime:
         filename = "<sandbox>"
         _remember_source(filename, source)
         try:
-            tree = _compile(source, filename, "exec", ast.PyCF_ONLY_AST)
+            tree = compile(source, filename, "exec", ast.PyCF_ONLY_AST)
             last = None
             if tree.body and isinstance(tree.body[-1], ast.Expr):
                 last = ast.Expression(tree.body.pop().value)
             namespace = self.main.__dict__
-            exec(_compile(tree, filename, "exec"), namespace)
-            return None if last is None else eval(_compile(last, filename, "eval"), namespace)
+            exec(compile(tree, filename, "exec"), namespace)
+            return None if last is None else eval(compile(last, filename, "eval"), namespace)
         finally:
             _flush()
 
@@ -106,7 +106,7 @@ class Runtime:
         _remember_source(mod.__file__, source)
         sys.modules[name] = mod
         try:
-            exec(_compile(source, f"<{name}>", "exec"), mod.__dict__)
+            exec(compile(source, f"<{name}>", "exec"), mod.__dict__)
         except BaseException:
             sys.modules.pop(name, None)
             raise
@@ -131,14 +131,6 @@ class Runtime:
 
     def ping(self) -> int:
         return os.getpid()
-
-
-def _compile(source: Any, filename: str, mode: str, flags: int = 0) -> Any:
-    """compile(), with a SyntaxError that shows the code, not the runtime's frame."""
-    try:
-        return compile(source, filename, mode, flags)
-    except SyntaxError as exc:
-        raise exc.with_traceback(None) from None
 
 
 def _remember_source(filename: str, source: str) -> None:
