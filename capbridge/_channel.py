@@ -52,7 +52,6 @@ _get_ident = threading.get_ident
 _os_write = os.write
 _os_readv = os.readv
 _NCPU = os.cpu_count() or 1
-_MAX_ABANDONED = 1024
 
 
 class ChannelClosed(SandboxError):
@@ -127,8 +126,6 @@ class Channel:
         # Non-zero while calls need the slower deadline path (deadline blocks, a CPU budget).
         self._special = 0
         self._special_lock = threading.Lock()
-        # Questions given up without an answer: a late answer to one is dropped.
-        self._abandoned: set[int] = set()
         # Sandbox side: a call the main thread must stop at its next safe point.
         self._interrupt: int | None = None
         self._interrupt_ident = 0
@@ -278,7 +275,12 @@ class Channel:
             depth = local.depth
             local.depth = depth + 1
             if timeout is not None or self._special:
-                armed = self._arm(qid, depth, timeout)
+                try:
+                    armed = self._arm(qid, depth, timeout)
+                except CallTimeout:  # a deadline block whose time is spent
+                    del questions[qid]
+                    local.depth = depth
+                    raise
             elif not depth:
                 # The common timed case: only the hard wall limit of an outermost call.
                 deadline = _monotonic() + self.wall  # type: ignore[operator]
@@ -286,7 +288,6 @@ class Channel:
                 armed = 1
                 if deadline < _watchdog.next_wake:
                     _watchdog.poke()
-        sent = False
         try:
             stack = local.serving
             msg = (_CALL_T, qid, stack[-1] if stack else 0, target, op, name, args, kwargs)
@@ -297,15 +298,10 @@ class Channel:
                         scalar = False
                         break
             self._send(msg, scalar)
-            sent = True
             self.calls_out += 1
             reply = self._wait(waiter)
         except OSError as exc:
             raise self.fail(exc) from None
-        except BaseException:
-            if sent and not self._trusted and self._dead is None:
-                self._abandon_question(qid)
-            raise
         finally:
             del questions[qid]
             if depth >= 0:
@@ -326,14 +322,6 @@ class Channel:
             raise self.fail(exc) from None
         raise err
 
-    def _abandon_question(self, qid: int) -> None:
-        """Remember a question given up on (the host thread was interrupted), so its
-        late answer is dropped rather than taken for a protocol error."""
-        abandoned = self._abandoned
-        if len(abandoned) >= _MAX_ABANDONED:
-            abandoned.pop()
-        abandoned.add(qid)
-
     def _arm(self, qid: int, depth: int, timeout: float | None) -> int:
         """Record the deadlines of a call on the slow path; 0 none, 1 a plain wall
         deadline, 2 a :class:`Timed` record."""
@@ -346,6 +334,8 @@ class Channel:
             seconds = timeout
         if block is not None and block.when is not None and (soft is None or block.when < soft):
             soft, seconds, source = block.when, block.seconds, block.source
+            if soft <= now:
+                raise Timed(qid, 0, soft, None, seconds, source, block).too_late()
         hard = None
         if soft is None and not depth and self.wall is not None:
             hard = now + self.wall
@@ -490,9 +480,6 @@ class Channel:
             if w is None:
                 if self._trusted:
                     return  # a late answer to a question an interrupt made us give up
-                if msg[1] in self._abandoned:
-                    self._abandoned.discard(msg[1])
-                    return
                 raise self.fail(ProtocolError(f"answer to unknown question {msg[1]}"))
             w.inbox.append(msg)
             if w is not me and self._nwaiting:

@@ -78,6 +78,11 @@ class Timed:
         return CallTimeout(f"{self._what()}; its code was interrupted and stopped, and the sandbox "
                            "lives on")
 
+    def too_late(self) -> CallTimeout:
+        what = (f"timeout={self.seconds:g} seconds" if self.source == "timeout"
+                else f"deadline of the Sandbox.deadline({self.seconds:g}) block")
+        return CallTimeout(f"the {what} had passed before the call started; it was not sent")
+
     def killed(self, grace: float) -> SandboxError:
         text = (f"{self._what()} and did not stop within {grace:g}s of being interrupted; "
                 "the sandbox was killed")
