@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import threading
+import time
 from typing import Any, AsyncIterator, Callable, Iterator, Mapping
 
 from ._errors import SandboxError
@@ -13,14 +14,19 @@ from ._sandbox import Sandbox
 __all__ = ["SandboxPool"]
 
 _RETRY_AFTER_FAILURE = 1.0
+#: A replacement starts this long after a checkout (or when a sandbox comes back, or
+#: the pool runs dry), so starting it does not compete with the checkout's own work.
+REFILL_DELAY = 0.02
 
 
 class SandboxPool:
     """Keeps ``size`` fresh sandboxes started, locked down and set up.
 
     ``with pool.sandbox() as sb:`` hands out one that no one has used and closes it
-    afterwards; a background thread starts its replacement. An idle sandbox that
-    died is noticed through its pidfd and replaced, never handed out.
+    afterwards; a background thread starts its replacement once the checkout is
+    returned or a few milliseconds have passed (at once if the pool ran dry), so
+    the start does not compete with the checkout's work. An idle sandbox that died
+    is noticed through its pidfd and replaced, never handed out.
 
     :param size: how many sandboxes to keep ready.
     :param setup: host code run on each sandbox before it is handed out, called with
@@ -46,6 +52,7 @@ class SandboxPool:
         self._counts = collections.Counter({"started": 0, "handed_out": 0, "replaced_dead": 0,
                                             "start_failures": 0})
         self._in_use = 0
+        self._refill_at = 0.0
         self._error: BaseException | None = None
         # Fail fast on bad arguments (and warm the fork server) before any thread runs.
         self._ready.append(self._new())
@@ -69,8 +76,14 @@ class SandboxPool:
     def _fill(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and len(self._ready) + self._starting >= self.size:
-                    self._cond.wait()
+                while not self._closed:
+                    if len(self._ready) + self._starting >= self.size:
+                        self._cond.wait()
+                        continue
+                    wait = self._refill_at - time.monotonic()
+                    if wait <= 0 or not self._ready:
+                        break
+                    self._cond.wait(wait)
                 if self._closed:
                     return
                 self._starting += 1
@@ -103,6 +116,7 @@ class SandboxPool:
                 if self._closed:
                     raise SandboxError("this SandboxPool is closed")
                 sb = self._ready.popleft() if self._ready else None
+                self._refill_at = time.monotonic() + REFILL_DELAY
                 self._cond.notify_all()
             if sb is None or sb._running():
                 return sb
@@ -130,6 +144,8 @@ class SandboxPool:
         sb.close()
         with self._cond:
             self._in_use -= 1
+            self._refill_at = 0.0
+            self._cond.notify_all()
 
     # ------------------------------------------------------------------ handing out
 
@@ -192,6 +208,8 @@ class SandboxPool:
             await asb.close()
             with self._cond:
                 self._in_use -= 1
+                self._refill_at = 0.0
+                self._cond.notify_all()
 
     # ------------------------------------------------------------------ state
 
