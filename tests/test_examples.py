@@ -29,3 +29,23 @@ def test_tenant_scripts():
         assert f"{tenant} after revoke: RevokedError" in out
         assert f"{tenant} on the host: runs=2, last_total=4.0" in out
     assert out.count("2 orders, total 4.00") == 4
+
+
+def test_agent_loop():
+    out = run_example("agent_loop.py")
+    assert "loaded 4 scores" in out and "\n79\n" in out
+    assert "RemoteError: TypeError" in out and "\n29\n" in out  # the state survived the error
+    assert "CallTimeout:" in out and "lives on" in out
+    assert "output cut off at 1 KiB" in out and "line 399" not in out
+    assert "SyntaxError" in out
+    assert out.rstrip().endswith("4")
+    assert "alive=False" not in out
+
+
+def test_npc_ticks():
+    out = run_example("npc_ticks.py")
+    assert "looper was removed on tick 30: SandboxTimeout" in out
+    assert "looper: moved 90" in out and "removed" in out
+    assert "walker: moved" in out and "thinker: moved" in out
+    thinker = next(line for line in out.splitlines() if line.startswith("thinker:"))
+    assert thinker.endswith("alive") and int(thinker.split("skipped ")[1].split(",")[0]) >= 3
