@@ -158,19 +158,23 @@ class Channel:
         _watchdog.unwatch(self)
 
     def quiesce(self, timeout: float) -> bool:
-        """After :meth:`close`: wait until no thread reads or writes the fds.
+        """After :meth:`close`: let go of the fds once no thread reads or writes them.
 
         Returns True when they may be closed (a thread still blocked in a read on a
-        live peer would read from whatever file took the fd number next). Both locks
-        stay held, so nothing uses the fds afterwards.
+        live peer would read from whatever file took the fd number next). From then
+        on the channel uses fd -1, so a late caller fails with ``EBADF``.
         """
         end = _monotonic() + timeout
         if not self._read_lock.acquire(timeout=timeout):
             return False
-        if not self._send_lock.acquire(timeout=max(0.0, end - _monotonic())):
+        try:
+            if not self._send_lock.acquire(timeout=max(0.0, end - _monotonic())):
+                return False
+            self.rfd = self.wfd = -1
+            self._send_lock.release()
+            return True
+        finally:
             self._read_lock.release()
-            return False
-        return True
 
     def thread_state(self) -> _Local:
         """This thread's nesting state (deadline blocks keep theirs here)."""

@@ -24,7 +24,6 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import _watchdog
 from ._errors import CallTimeout, CPULimitExceeded, SandboxError, SandboxTimeout
 
 __all__ = ["Timed", "DeadlineBlock", "Enforcer", "DEFAULT_GRACE"]
@@ -139,7 +138,10 @@ class DeadlineBlock:
         self._chan.add_special(-1)
 
     def expire(self, reason: str = "cancelled") -> None:
-        """Interrupt the calls running under this block now (from any thread)."""
+        """Interrupt the calls running under this block now (from any thread).
+
+        :param reason: what the error messages give as the cause (``"cancelled"``).
+        """
         self.when = _monotonic()
         for qid in list(self.qids):
             self._chan.expire(qid, reason)
@@ -227,7 +229,3 @@ class Enforcer:
                 next_send = now + _RESEND
             chan.pump(min(next_send, kill_at) - now)
 
-
-def poke_if_earlier(when: float) -> None:
-    if when < _watchdog.next_wake:
-        _watchdog.poke()

@@ -375,6 +375,7 @@ class Sandbox:
 
     @property
     def alive(self) -> bool:
+        """Whether the sandbox can still be used: not closed, not killed by a limit."""
         return not self._closed and self._chan.dead is None
 
     def close(self) -> None:
@@ -466,11 +467,22 @@ class Sandbox:
             listener(None)
 
     def _cpu_now(self) -> float:
-        """CPU seconds the sandbox has used (``/proc/<pid>/stat``, clock ticks)."""
+        """CPU seconds the sandbox has used (``/proc/<pid>/stat``, clock ticks).
+
+        With a per-call CPU budget it is read at every call, from a file kept open.
+        """
         try:
-            if self._stat_fd < 0:
-                self._stat_fd = os.open(f"/proc/{self.pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-            fields = os.pread(self._stat_fd, 1024, 0).rsplit(b")", 1)[1].split()
+            fd = self._stat_fd
+            if fd < 0:
+                fd = os.open(f"/proc/{self.pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+                if self.limits.call_cpu_seconds is not None and not self._closed:
+                    self._stat_fd = fd
+            try:
+                data = os.pread(fd, 1024, 0)
+            finally:
+                if fd != self._stat_fd:
+                    os.close(fd)
+            fields = data.rsplit(b")", 1)[1].split()
             if fields[0] != b"Z":
                 cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK
                 if cpu > self._last_usage[0]:

@@ -288,3 +288,25 @@ def test_a_sandbox_cannot_forge_interrupts_into_another(sandbox_factory):
     results = attacker.eval("results")
     assert results == {errno.EPERM}, results
     assert victim.eval("__import__('time').sleep(0.3) or 'untouched'") == "untouched"
+
+
+def test_close_while_other_threads_call(sandbox_factory):
+    sb = sandbox_factory()
+    outcomes = []
+
+    def caller():
+        try:
+            while True:
+                sb.eval("1")
+        except SandboxError as exc:
+            outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=caller) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    sb.close()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads), "a caller hung after close()"
+    assert len(outcomes) == 3
