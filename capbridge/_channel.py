@@ -301,8 +301,8 @@ class Channel:
                     if type(a) not in _SCALARS:
                         scalar = False
                         break
+            self.calls_out += 1  # first: output the call makes is counted against it
             self._send(msg, scalar)
-            self.calls_out += 1
             reply = self._wait(waiter)
         except OSError as exc:
             raise self.fail(exc) from None
