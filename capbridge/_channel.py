@@ -126,6 +126,8 @@ class Channel:
         # Non-zero while calls need the slower deadline path (deadline blocks, a CPU budget).
         self._special = 0
         self._special_lock = threading.Lock()
+        # Whether calls keep deadline bookkeeping at all (one check on the fast path).
+        self._timing = wall is not None
         # Sandbox side: a call the main thread must stop at its next safe point.
         self._interrupt: int | None = None
         self._interrupt_ident = 0
@@ -183,6 +185,7 @@ class Channel:
     def add_special(self, n: int) -> None:
         with self._special_lock:
             self._special += n
+            self._timing = self.wall is not None or self._special > 0
 
     # ------------------------------------------------------------------ sending
 
@@ -275,7 +278,7 @@ class Channel:
         depth = -1
         armed = 0
         timed = None
-        if self.wall is not None or timeout is not None or self._special:
+        if self._timing or timeout is not None:
             depth = local.depth
             local.depth = depth + 1
             if timeout is not None or self._special:
