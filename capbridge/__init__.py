@@ -2,6 +2,7 @@
 objects it should reach."""
 
 from ._errors import (
+    CallTimeout,
     CapabilityError,
     CapbridgeError,
     ConfinementUnavailable,
@@ -28,6 +29,7 @@ __all__ = [
     "SandboxError",
     "RemoteError",
     "SandboxTimeout",
+    "CallTimeout",
     "ResourceLimitExceeded",
     "MemoryLimitExceeded",
     "CPULimitExceeded",
@@ -39,12 +41,13 @@ __all__ = [
 ]
 
 from ._proxy import Proxy
+from ._execution import Execution
 from ._sandbox import Limits, Sandbox
 from ._session import AuditEvent
 
-__all__ += ["Sandbox", "AsyncSandbox", "SandboxPool", "Limits", "Proxy", "AuditEvent"]
+__all__ += ["Sandbox", "AsyncSandbox", "SandboxPool", "Limits", "Execution", "Proxy", "AuditEvent"]
 
-for _obj in (Sandbox, Limits, Proxy, AuditEvent):
+for _obj in (Sandbox, Limits, Execution, Proxy, AuditEvent):
     _obj.__module__ = "capbridge"
 del _obj
 

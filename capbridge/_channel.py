@@ -11,17 +11,31 @@ queue that any waiting thread serves.
 The common case (one thread, small frames, scalar arguments) is written out inline:
 a round trip is one ``write`` and one ``readv`` per side and a handful of Python
 calls.
+
+Deadlines (host side): each outermost call records when the watchdog must look at
+it in ``deadlines``; calls with a soft deadline or a CPU budget also get a
+:class:`~capbridge._deadline.Timed` record in ``timed``. Interrupts (sandbox side):
+the signal handler calls :meth:`Channel.interrupt`, which raises
+:class:`CallTimeout` in user code at once, or - when the thread is inside the
+channel, where an exception could lose half a frame - leaves it for the next safe
+point: after a reply is taken, or after a batch of messages is routed.
 """
 
 from __future__ import annotations
 
+import array
+import fcntl
 import os
+import select
+import termios
 import threading
 import time
 from typing import Any, Callable
 
 from . import _watchdog
-from ._errors import CapbridgeError, ProtocolError, SandboxError
+from ._deadline import Timed
+from ._errors import CallTimeout, CapbridgeError, ProtocolError, SandboxError
+from ._interrupt import MASK as _TOKEN_MASK
 from ._protocol import HEADER, NEED_DATA, FrameReader, Tag
 from ._session import Session
 
@@ -37,6 +51,7 @@ _monotonic = time.monotonic
 _get_ident = threading.get_ident
 _os_write = os.write
 _os_readv = os.readv
+_NCPU = os.cpu_count() or 1
 
 
 class ChannelClosed(SandboxError):
@@ -54,13 +69,15 @@ class _Waiter:
 class _Local(threading.local):
     depth = 0
     serving: list | None = None
+    block: Any = None  # the innermost active DeadlineBlock of this thread
 
 
 class Channel:
     """Blocking transport for one session over ``rfd`` (peer -> us) and ``wfd``.
 
-    ``wall`` (seconds or None) bounds every outermost call a thread makes; when it
-    runs out the watchdog calls ``on_deadline`` (the host kills the sandbox).
+    ``wall`` (seconds or None) bounds every outermost call a thread makes. When a
+    call's time is up the watchdog calls ``on_deadline(qid)``; the host decides
+    whether to interrupt or kill (see :mod:`capbridge._deadline`).
     """
 
     def __init__(
@@ -99,9 +116,22 @@ class Channel:
         self.calls_out = 0
         self.wall = wall
         self.on_deadline = on_deadline
-        #: Thread ident -> deadline of that thread's outermost call.
+        #: Question id -> when the watchdog must look at that call.
         self.deadlines: dict[int, float] = {}
-        if wall is not None:
+        #: Question id -> record of a call with a soft deadline or a CPU budget.
+        self.timed: dict[int, Timed] = {}
+        #: Per-call CPU budget in seconds, and how to read the peer's CPU time.
+        self.cpu_budget: float | None = None
+        self.cpu_clock: Callable[[], float] | None = None
+        # Non-zero while calls need the slower deadline path (deadline blocks, a CPU budget).
+        self._special = 0
+        self._special_lock = threading.Lock()
+        # Whether calls keep deadline bookkeeping at all (one check on the fast path).
+        self._timing = wall is not None
+        # Sandbox side: a call the main thread must stop at its next safe point.
+        self._interrupt: int | None = None
+        self._interrupt_ident = 0
+        if on_deadline is not None:
             _watchdog.watch(self)
 
     # ------------------------------------------------------------------ state
@@ -128,6 +158,34 @@ class Channel:
     def close(self) -> None:
         self.fail(ChannelClosed("the sandbox was closed"))
         _watchdog.unwatch(self)
+
+    def quiesce(self, timeout: float) -> bool:
+        """After :meth:`close`: let go of the fds once no thread reads or writes them.
+
+        Returns True when they may be closed (a thread still blocked in a read on a
+        live peer would read from whatever file took the fd number next). From then
+        on the channel uses fd -1, so a late caller fails with ``EBADF``.
+        """
+        end = _monotonic() + timeout
+        if not self._read_lock.acquire(timeout=timeout):
+            return False
+        try:
+            if not self._send_lock.acquire(timeout=max(0.0, end - _monotonic())):
+                return False
+            self.rfd = self.wfd = -1
+            self._send_lock.release()
+            return True
+        finally:
+            self._read_lock.release()
+
+    def thread_state(self) -> _Local:
+        """This thread's nesting state (deadline blocks keep theirs here)."""
+        return self._local
+
+    def add_special(self, n: int) -> None:
+        with self._special_lock:
+            self._special += n
+            self._timing = self.wall is not None or self._special > 0
 
     # ------------------------------------------------------------------ sending
 
@@ -203,28 +261,40 @@ class Channel:
 
     # ------------------------------------------------------------------ calling
 
-    def call(self, target: int, op: int, name: str | None, args: tuple, kwargs: dict) -> Any:
-        """Send a call and wait for its answer, serving nested calls meanwhile."""
+    def call(self, target: int, op: int, name: str | None, args: tuple, kwargs: dict,
+             timeout: float | None = None) -> Any:
+        """Send a call and wait for its answer, serving nested calls meanwhile.
+
+        ``timeout`` (seconds) is a soft deadline for this call: it replaces the wall
+        limit, and when it passes the call is interrupted (host side).
+        """
         if self._dead is not None:
             raise self._dead
         local = self._local
-        wall = self.wall
-        ident = 0
-        depth = 0
-        if wall is not None:
-            # Nesting depth only matters for the deadline of the outermost call.
-            depth = local.depth
-            if not depth:
-                ident = _get_ident()
-                deadline = _monotonic() + wall
-                self.deadlines[ident] = deadline
-                if deadline < _watchdog.next_wake:
-                    _watchdog.poke()
-            local.depth = depth + 1
         qid = self._next_qid()
         waiter = _Waiter(qid)
         questions = self._questions
         questions[qid] = waiter
+        depth = -1
+        armed = 0
+        timed = None
+        if self._timing or timeout is not None:
+            depth = local.depth
+            local.depth = depth + 1
+            if timeout is not None or self._special:
+                try:
+                    armed = self._arm(qid, depth, timeout)
+                except CallTimeout:  # a deadline block whose time is spent
+                    del questions[qid]
+                    local.depth = depth
+                    raise
+            elif not depth:
+                # The common timed case: only the hard wall limit of an outermost call.
+                deadline = _monotonic() + self.wall  # type: ignore[operator]
+                self.deadlines[qid] = deadline
+                armed = 1
+                if deadline < _watchdog.next_wake:
+                    _watchdog.poke()
         try:
             stack = local.serving
             msg = (_CALL_T, qid, stack[-1] if stack else 0, target, op, name, args, kwargs)
@@ -234,17 +304,23 @@ class Channel:
                     if type(a) not in _SCALARS:
                         scalar = False
                         break
+            self.calls_out += 1  # first: output the call makes is counted against it
             self._send(msg, scalar)
-            self.calls_out += 1
             reply = self._wait(waiter)
         except OSError as exc:
             raise self.fail(exc) from None
         finally:
             del questions[qid]
-            if wall is not None:
+            if depth >= 0:
                 local.depth = depth
-                if ident:
-                    self.deadlines.pop(ident, None)
+                if armed:
+                    self.deadlines.pop(qid, None)
+                    if armed == 2:
+                        timed = self._disarm(qid)
+        if timed is not None and timed.fired:
+            raise self._stopped(timed, reply)
+        if self._interrupt is not None:
+            self._interrupt_now()
         if reply[0] == _RETURN_T:
             return reply[2]
         try:
@@ -252,6 +328,87 @@ class Channel:
         except ProtocolError as exc:  # malformed error data ends the connection
             raise self.fail(exc) from None
         raise err
+
+    def _arm(self, qid: int, depth: int, timeout: float | None) -> int:
+        """Record the deadlines of a call on the slow path; 0 none, 1 a plain wall
+        deadline, 2 a :class:`Timed` record."""
+        now = _monotonic()
+        block = self._local.block
+        soft = seconds = None
+        source = "timeout"
+        if timeout is not None:
+            soft = now + timeout
+            seconds = timeout
+        if block is not None and block.when is not None and (soft is None or block.when < soft):
+            soft, seconds, source = block.when, block.seconds, block.source
+            if soft <= now:
+                raise Timed(qid, 0, soft, None, seconds, source, block).too_late()
+        hard = None
+        if soft is None and not depth and self.wall is not None:
+            hard = now + self.wall
+        cpu = self.cpu_budget is not None and not depth
+        if soft is None and block is None and not cpu:
+            if hard is None:
+                return 0
+            self.deadlines[qid] = hard
+            if hard < _watchdog.next_wake:
+                _watchdog.poke()
+            return 1
+        rec = Timed(qid, _get_ident(), soft, hard, seconds, source, block)
+        cpu_check = None
+        if cpu:
+            rec.cpu_budget = self.cpu_budget
+            rec.cpu_start = self.cpu_clock() if self.cpu_clock is not None else 0.0
+            cpu_check = now + self.cpu_budget / _NCPU  # type: ignore[operator]
+        self.timed[qid] = rec
+        if block is not None:
+            block.qids.add(qid)
+        when = rec.next_look(cpu_check)
+        if when is not None:
+            self.deadlines[qid] = when
+            if when < _watchdog.next_wake:
+                _watchdog.poke()
+        return 2
+
+    def _disarm(self, qid: int) -> Timed | None:
+        rec = self.timed.pop(qid, None)
+        if rec is not None and rec.block is not None:
+            rec.block.qids.discard(qid)
+        return rec
+
+    def _stopped(self, rec: Timed, reply: tuple) -> BaseException:
+        """The error for a call that answered after it was interrupted."""
+        err = rec.stopped()
+        if reply[0] != _RETURN_T:
+            try:
+                err.__cause__ = self._raise_error(reply[2])
+            except ProtocolError as exc:
+                return self.fail(exc)
+        return err
+
+    def expire(self, qid: int, reason: str) -> None:
+        """Make the timed call ``qid`` due now (it gets interrupted like a timeout)."""
+        rec = self.timed.get(qid)
+        if rec is None or rec.fired:
+            return
+        rec.soft = _monotonic()
+        rec.reason = reason
+        self.deadlines[qid] = 0.0
+        _watchdog.poke()
+
+    def asking(self, qid: int) -> bool:
+        """Whether ``qid`` still waits for its answer."""
+        return qid in self._questions
+
+    def answered(self, qid: int) -> bool:
+        """Whether ``qid`` has its answer (taken already, or waiting in its inbox)."""
+        waiter = self._questions.get(qid)
+        if waiter is None:
+            return True
+        for msg in list(waiter.inbox):
+            if msg[0] != _CALL_T:
+                return True
+        return False
 
     def serve_forever(self) -> None:
         """Serve the peer's calls until the channel ends (the sandbox's main loop)."""
@@ -300,6 +457,8 @@ class Channel:
                 if self._nwaiting:
                     with self._cond:
                         self._cond.notify_all()
+                if self._interrupt is not None:
+                    self._abandon(waiter)
             else:
                 with self._cond:
                     self._nwaiting += 1
@@ -308,6 +467,8 @@ class Channel:
                             self._cond.wait(0.5)
                     finally:
                         self._nwaiting -= 1
+                if self._interrupt is not None:
+                    self._abandon(waiter)
 
     def _route(self, msg: tuple, me: _Waiter) -> None:
         tag = msg[0]
@@ -325,7 +486,7 @@ class Channel:
             w = self._questions.get(msg[1])
             if w is None:
                 if self._trusted:
-                    return
+                    return  # a late answer to a question an interrupt made us give up
                 raise self.fail(ProtocolError(f"answer to unknown question {msg[1]}"))
             w.inbox.append(msg)
             if w is not me and self._nwaiting:
@@ -379,6 +540,89 @@ class Channel:
         body = self.session.raise_body(qid, exc)
         with self._send_lock:
             self._write_frame(body)
+
+    # ------------------------------------------------------------------ interrupts
+
+    def interrupt(self, tokens: list[int], frame: Any) -> None:
+        """Stop the call a token names if this thread serves it (the sandbox's
+        signal handler calls this on the main thread)."""
+        stack = self._local.serving
+        if not stack:
+            return
+        for qid in stack:
+            if qid & _TOKEN_MASK in tokens:
+                break
+        else:
+            return  # a late signal for a call that has ended
+        if _user_code_running(frame):
+            self._interrupt = None
+            raise CallTimeout(_INTERRUPTED)
+        self._interrupt_ident = _get_ident()
+        self._interrupt = qid
+
+    def _take_interrupt(self) -> bool:
+        """Whether this thread must stop now for a deferred interrupt (clears it)."""
+        qid = self._interrupt
+        if qid is None or _get_ident() != self._interrupt_ident:
+            return False
+        self._interrupt = None
+        return qid in (self._local.serving or ())
+
+    def _interrupt_now(self) -> None:
+        if self._take_interrupt():
+            raise CallTimeout(_INTERRUPTED)
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """Give up waiting for ``waiter``'s answer if an interrupt is due.
+
+        Calls nested in that question go to the shared queue, so they are still
+        served; the answer, when it comes, is dropped.
+        """
+        for msg in waiter.inbox:
+            if msg[0] != _CALL_T:
+                return  # the answer is here: call() raises once it has taken it
+        if not waiter.qid or not self._take_interrupt():
+            return
+        if waiter.inbox:
+            self._top.extend(waiter.inbox)
+            waiter.inbox.clear()
+            if self._nwaiting:
+                with self._cond:
+                    self._cond.notify_all()
+        raise CallTimeout(_INTERRUPTED)
+
+    def pump(self, timeout: float) -> None:
+        """Read and route what the peer sent, for up to ``timeout`` seconds, unless
+        another thread is reading (host side, while an interrupt's grace runs)."""
+        lock = self._read_lock
+        if self._dead is not None or not lock.acquire(timeout=max(0.0, timeout)):
+            return
+        try:
+            if self._dead is None and _readable(self.rfd, timeout):
+                for msg in self._read_messages():
+                    self._route(msg, None)  # type: ignore[arg-type]
+        except BaseException as exc:
+            self.fail(_as_error(exc))
+        finally:
+            lock.release()
+            if self._nwaiting:
+                with self._cond:
+                    self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Send an empty RELEASE if the peer has nothing left to read, so a peer
+        blocked reading the channel looks at a pending interrupt (host side)."""
+        lock = self._send_lock
+        if self._dead is not None or not lock.acquire(timeout=0.05):
+            return
+        try:
+            if _unread(self.wfd) == 0:
+                body = self.session.release_body(())
+                self._write(_pack(len(body)) + body)
+        except OSError:
+            pass
+        finally:
+            lock.release()
 
     # ------------------------------------------------------------------ reading
 
@@ -441,17 +685,70 @@ class Channel:
             got += n
         return body
 
-    def read_one(self) -> bytes:
-        """Read and return the next body without routing it (for handshakes)."""
+    def read_one(self, timeout: float | None = None) -> bytes:
+        """Read and return the next body without routing it (for handshakes).
+
+        Raises ``TimeoutError`` if it has not arrived within ``timeout`` seconds.
+        """
+        end = None if timeout is None else _monotonic() + timeout
         with self._read_lock:
             body = self._reader.next_frame()
             while body is NEED_DATA:
+                if end is not None and not _readable(self.rfd, end - _monotonic()):
+                    raise TimeoutError("the peer sent nothing in time")
                 data = os.read(self.rfd, _READ_SIZE)
                 if not data:
                     raise EOFError("the peer closed the channel")
                 self._reader.feed(data)
                 body = self._reader.next_frame()
             return body
+
+
+_INTERRUPTED = "the host interrupted this call: its deadline passed"
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_CHANNEL_CODES = frozenset(
+    f.__code__ for f in vars(Channel).values() if hasattr(f, "__code__")
+)
+_SERVE_CODE = Channel._serve.__code__
+
+
+def _user_code_running(frame: Any) -> bool:
+    """Whether an exception raised at ``frame`` lands in code the channel serves.
+
+    Walking out from the running frame: inside the channel (reading, routing,
+    encoding, sending) an exception could lose half a message, so the answer is
+    no; user code - reached from the channel only through ``_serve`` - is yes.
+    capbridge frames directly under user code are the dispatch path (or a decode
+    calling user code, which then meets a channel frame other than ``_serve``).
+    """
+    seen_user = False
+    f = frame
+    while f is not None:
+        code = f.f_code
+        if code in _CHANNEL_CODES:
+            return seen_user and code is _SERVE_CODE
+        if not code.co_filename.startswith(_OWN_DIR):
+            seen_user = True
+        elif not seen_user:
+            return False
+        f = f.f_back
+    return False
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    try:
+        return bool(poller.poll(max(0, int(timeout * 1000))))
+    except InterruptedError:
+        return False
+
+
+def _unread(fd: int) -> int:
+    """Bytes written to the pipe behind ``fd`` and not read yet."""
+    buf = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, buf, True)
+    return buf[0]
 
 
 def _as_error(exc: BaseException) -> BaseException:

@@ -7,6 +7,7 @@ __all__ = [
     "SandboxError",
     "RemoteError",
     "SandboxTimeout",
+    "CallTimeout",
     "ResourceLimitExceeded",
     "MemoryLimitExceeded",
     "CPULimitExceeded",
@@ -44,7 +45,20 @@ class RemoteError(SandboxError):
 
 
 class SandboxTimeout(SandboxError):
-    """A call into the sandbox ran past ``Limits.wall_seconds``; the sandbox was killed."""
+    """A call into the sandbox ran past its time; the sandbox was killed.
+
+    Raised when a call outlives ``Limits.wall_seconds``, or when a call given a
+    ``timeout=`` (or run inside :meth:`Sandbox.deadline`) did not stop within the
+    grace period after it was interrupted.
+    """
+
+
+class CallTimeout(SandboxTimeout):
+    """A call's deadline passed; its code was interrupted and stopped in time.
+
+    The sandbox lives on with its state: later calls work as before. Inside the
+    sandbox, the interrupted code sees this exception raised where it was running.
+    """
 
 
 class ResourceLimitExceeded(SandboxError):

@@ -6,11 +6,15 @@ import dataclasses
 import os
 import signal as _signal
 import threading
+import time
 import warnings
 from typing import Any, Callable, Mapping
 
+from . import _interrupt
 from ._channel import Channel
+from ._deadline import DEFAULT_GRACE, DeadlineBlock, Enforcer, Timed
 from ._errors import (
+    CapbridgeError,
     ConfinementUnavailable,
     CPULimitExceeded,
     MemoryLimitExceeded,
@@ -21,28 +25,42 @@ from ._errors import (
     SandboxTimeout,
 )
 from ._errors_data import error_from_data
+from ._execution import Execution
 from ._expose import registered_value_types
 from ._output import OutputSink, pump
 from ._protocol import PROTOCOL_VERSION, Op, Tag, check_message
 from ._host_session import HostSession, ShippedCall
 from ._session import AuditEvent
 
-__all__ = ["Sandbox", "Limits"]
+__all__ = ["Sandbox", "Limits", "Execution"]
 
 _OP_CALL = int(Op.CALL)
 _HELLO_TIMEOUT = 30.0
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
     """Resource limits of one sandbox; ``None`` lifts a limit.
 
-    ``memory_mb``: memory of the whole sandbox process. ``cpu_seconds``: CPU time over
-    its life. ``wall_seconds``: wall-clock time of each call from the host into the
-    sandbox. ``max_message_mb``: the largest frame either side may send.
-    ``max_output_kb``: bytes of stdout+stderr passed on to the host.
-    ``max_decoded_mb``: host memory one message from the sandbox may decode into (it
-    is also held to 15 times the message's size, or 16 MiB when that is more).
+    :param memory_mb: memory (address space) of the whole sandbox process, in MiB.
+    :param cpu_seconds: CPU time over the sandbox's whole life; when it is used up the
+        sandbox is killed (:class:`CPULimitExceeded`).
+    :param wall_seconds: wall-clock time of each outermost call from the host into the
+        sandbox; when it runs out the sandbox is killed (:class:`SandboxTimeout`). A
+        call's ``timeout=`` or an enclosing :meth:`Sandbox.deadline` replaces it.
+    :param max_message_mb: the largest frame either side may send, in MiB.
+    :param max_output_kb: bytes of stdout+stderr passed on to the host per call (for
+        :meth:`Sandbox.execute`: of each stream per run), in KiB; the rest is
+        discarded with a visible note.
+    :param call_cpu_seconds: CPU time each outermost call may use; when it is spent
+        the call is interrupted like a timeout (:class:`CallTimeout` if it stops
+        within the grace period, else the sandbox is killed with
+        :class:`CPULimitExceeded`).
+    :param max_decoded_mb: host memory one message from the sandbox may decode into,
+        in MiB. A message is also held to 15 times its own size (or 16 MiB, when that is
+        more); past either, the sandbox is killed with :class:`ProtocolError` (an honest
+        sandbox gets a :class:`CapabilityError` at its call site first).
     """
 
     memory_mb: int | None = 512
@@ -50,6 +68,7 @@ class Limits:
     wall_seconds: float | None = 30
     max_message_mb: float | None = 64
     max_output_kb: int | None = 1024
+    call_cpu_seconds: float | None = None
     max_decoded_mb: float | None = 512
 
     def __post_init__(self) -> None:
@@ -75,9 +94,27 @@ _CONFINEMENTS = ("strict", "best-effort", "none")
 class Sandbox:
     """One sandboxed Python process and the capabilities granted to it.
 
-    ``grants`` become globals of the code run inside. Use it as a context manager
-    or call :meth:`close`. See the package documentation for every argument.
+    Use it as a context manager or call :meth:`close`.
+
+    :param grants: objects by name; they become globals of the code run inside.
+    :param limits: the :class:`Limits` of this sandbox (default ``Limits()``).
+    :param confinement: ``"strict"`` (refuse to start without rlimits, Landlock and
+        seccomp), ``"best-effort"`` (use what the kernel offers, warn about the rest)
+        or ``"none"`` (development only; warns loudly).
+    :param allow_imports: top-level module names sandbox code may import beyond the
+        standard library.
+    :param stdout: where the sandbox's standard output goes: a callable taking
+        ``str`` chunks, or a text file; by default the host's ``sys.stdout``, each
+        line prefixed with the sandbox's pid.
+    :param stderr: the same for standard error.
+    :param debug: let host tracebacks of failing capabilities reach the sandbox.
+    :param audit: called with an :class:`AuditEvent` after each capability call.
+
+    ``interrupt_grace`` (seconds, default 0.5) is how long interrupted code gets to
+    stop before the sandbox is killed; set it on the instance to change it.
     """
+
+    interrupt_grace: float = DEFAULT_GRACE
 
     def __init__(
         self,
@@ -112,8 +149,12 @@ class Sandbox:
         self.debug = debug
         self._closed = False
         self._dead_reason: BaseException | None = None
-        self._timed_out = False
         self._killed_by_us = False
+        #: Called with a host thread id when a call of that thread is interrupted
+        #: (None: every thread, the sandbox is ending); AsyncSandbox cancels what
+        #: that thread waits for on its loop.
+        self._on_interrupt: Callable[[int | None], None] | None = None
+        self._stat_fd = -1
         self._lock = threading.Lock()
         self._last_usage = (0.0, 0.0)
         self.missing_layers: tuple[str, ...] = ()
@@ -141,11 +182,19 @@ class Sandbox:
         self._session = HostSession(max_frame=self.limits.max_frame, debug=debug,
                                     allow_modules=packages["allow_imports"], audit=audit, awaiter=_awaiter,
                                     max_decoded=self.limits.max_decoded)
-        self._chan = Channel(self._session, self._proc.rfd, self._proc.wfd,
-                             on_fatal=self._on_fatal, raise_error=self._remote_error,
-                             wall=self.limits.wall_seconds, on_deadline=self._on_deadline)
+        self._enforcer: Enforcer | None = None
+        self._chan = chan = Channel(self._session, self._proc.rfd, self._proc.wfd,
+                                    on_fatal=self._on_fatal, raise_error=self._remote_error,
+                                    wall=self.limits.wall_seconds, on_deadline=self._on_deadline)
+        self._enforcer = Enforcer(chan, interrupt=self._interrupt, kill=self._kill_for,
+                                  cpu_now=self._cpu_now, grace=lambda: self.interrupt_grace,
+                                  wall=self.limits.wall_seconds)
+        if self.limits.call_cpu_seconds is not None:
+            chan.cpu_budget = self.limits.call_cpu_seconds
+            chan.cpu_clock = self._cpu_now
+            chan.add_special(1)
         cap = None if self.limits.max_output_kb is None else int(self.limits.max_output_kb * 1024)
-        self._sink = OutputSink(f"sandbox {self.pid}", stdout, stderr, cap)
+        self._sink = OutputSink(f"sandbox {self.pid}", stdout, stderr, cap, epoch=lambda: chan.calls_out)
         self._sink.add(self._proc.out_fd, 1)
         self._sink.add(self._proc.err_fd, 2)
         pump().register(self._sink)
@@ -155,8 +204,7 @@ class Sandbox:
             if vts:
                 self._boot("value_types", vts)
             if grants:
-                self._boot("grant", dict(grants))
-                self._maybe_install_fs(grants)
+                self._add_grants(grants)
         except BaseException:
             self.kill()
             raise
@@ -164,31 +212,19 @@ class Sandbox:
     # ------------------------------------------------------------------ start-up
 
     def _handshake(self) -> None:
-        result: list[Any] = []
-
-        def read() -> None:
-            try:
-                result.append(self._chan.read_one())
-            except BaseException as exc:
-                result.append(exc)
-
-        timer = threading.Timer(_HELLO_TIMEOUT, self._proc.kill)
-        timer.daemon = True
-        timer.start()
         try:
-            read()
-        finally:
-            timer.cancel()
-        body = result[0]
-        if isinstance(body, BaseException):
+            body = self._chan.read_one(timeout=_HELLO_TIMEOUT)
+        except BaseException as exc:
+            self._proc.kill()
             status = self._proc.wait(2.0)
+            what = ("did not get ready in time" if isinstance(exc, TimeoutError)
+                    else "ended before it was ready")
             self._sink.drain()
             self._dead_reason = SandboxCrashed(
-                f"the sandbox process ended before it was ready ({_describe_status(status)})"
-                + self._sink.stderr_note(),
+                f"the sandbox process {what} ({_describe_status(status)})" + self._sink.stderr_note(),
                 *_status_fields(status),
             )
-            raise self._dead_reason from body
+            raise self._dead_reason from exc
         try:
             msg = check_message(self._session.decode(body))
         except ProtocolError as exc:
@@ -226,36 +262,105 @@ class Sandbox:
 
     # ------------------------------------------------------------------ public API
 
-    def exec(self, source: str, *, filename: str = "<sandbox>") -> None:
-        """Run ``source`` in the sandbox's ``__main__``; grants are its globals."""
+    def exec(self, source: str, *, filename: str = "<sandbox>", timeout: float | None = None) -> None:
+        """Run ``source`` in the sandbox's ``__main__``; grants are its globals.
+
+        :param source: Python statements.
+        :param filename: the file name tracebacks show for this code.
+        :param timeout: seconds this call may take, replacing ``Limits.wall_seconds``;
+            then the code is interrupted, and the call raises :class:`CallTimeout`
+            if it stops within the grace period (the sandbox lives on) or
+            :class:`SandboxTimeout` after killing the sandbox if it does not.
+        """
         if not isinstance(source, str):
             raise TypeError("source must be a str")
-        self._boot("exec", source, filename)
+        self._boot("exec", source, filename, timeout=_check_timeout(timeout))
 
-    def eval(self, expression: str) -> Any:
-        """Evaluate ``expression`` in the sandbox; the result comes back by value or as a proxy."""
+    def eval(self, expression: str, *, timeout: float | None = None) -> Any:
+        """Evaluate ``expression`` in the sandbox; the result comes back by value or as a proxy.
+
+        :param expression: one Python expression.
+        :param timeout: seconds this call may take (see :meth:`exec`).
+        """
         if not isinstance(expression, str):
             raise TypeError("expression must be a str")
-        return self._boot("eval", expression)
+        return self._boot("eval", expression, timeout=_check_timeout(timeout))
 
-    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """Ship ``fn`` by value (cloudpickle) and run ``fn(*args, **kwargs)`` in the sandbox."""
+    def execute(self, source: str, *, timeout: float | None = None) -> Execution:
+        """Run ``source`` like the interactive prompt and return an :class:`Execution`.
+
+        Statements run in ``__main__``; if the last one is an expression, its value
+        is ``Execution.value``. What the run printed is captured in the result
+        instead of being streamed. A failure of the code - an exception, a syntax
+        error, a timeout, a limit that killed the sandbox - is returned as
+        ``Execution.error``, never raised.
+
+        :param source: Python statements.
+        :param timeout: seconds this run may take (see :meth:`exec`).
+        """
+        if not isinstance(source, str):
+            raise TypeError("source must be a str")
+        timeout = _check_timeout(timeout)
+        self._check_usable()
+        capture = self._sink.begin_capture()
+        cpu0 = self._cpu_now()
+        start = time.perf_counter()
+        value = error = None
+        try:
+            value = self._chan.call(0, _OP_CALL, "execute", (source,), {}, timeout)
+        except CapbridgeError as exc:
+            error = exc
+        finally:
+            duration = time.perf_counter() - start
+            self._sink.end_capture()
+        return Execution(value=value, stdout=capture.text(1), stderr=capture.text(2), error=error,
+                         duration=duration, cpu_seconds=max(0.0, self._cpu_now() - cpu0),
+                         alive=self.alive)
+
+    def call(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Ship ``fn`` by value (cloudpickle) and run ``fn(*args, **kwargs)`` in the sandbox.
+
+        :param fn: a function (its closure and the globals it uses travel along).
+        :param timeout: seconds this call may take (see :meth:`exec`). ``timeout`` is
+            taken by ``call`` itself; to pass a keyword argument of that name to
+            ``fn``, wrap it (``functools.partial`` or a lambda).
+        """
         if not callable(fn):
             raise TypeError("Sandbox.call needs a callable")
-        return self._boot("call", ShippedCall(fn, args, kwargs))
+        return self._boot("call", ShippedCall(fn, args, kwargs), timeout=_check_timeout(timeout))
 
-    def load(self, source: str, name: str) -> Any:
-        """Create module ``name`` from ``source`` in the sandbox; returns a proxy to it."""
+    def load(self, source: str, name: str, *, timeout: float | None = None) -> Any:
+        """Create module ``name`` from ``source`` in the sandbox; returns a proxy to it.
+
+        :param source: the module's code; it sees the grants as globals.
+        :param name: a dotted module name later code can import.
+        :param timeout: seconds running the module's code may take (see :meth:`exec`).
+        """
         if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
             raise ValueError(f"module name must be a dotted identifier, not {name!r}")
-        return self._boot("load", source, name)
+        return self._boot("load", source, name, timeout=_check_timeout(timeout))
+
+    def deadline(self, seconds: float) -> DeadlineBlock:
+        """``with sb.deadline(seconds):`` - one deadline for every call this thread makes
+        into the sandbox inside the block: proxy calls (``plugin.tick()``) as well as
+        :meth:`exec`, :meth:`eval` and the others.
+
+        The clock starts when the block is entered; a call still running when it
+        runs out is interrupted exactly as with ``timeout=``. Blocks nest (the
+        earlier deadline wins) and apply to the calling thread only.
+
+        :param seconds: the time the whole block may take.
+        """
+        return DeadlineBlock(self._chan, _check_timeout(seconds, "seconds"))
 
     def grant(self, name: str, obj: Any) -> None:
-        """Add a grant to the running sandbox (a global of later code)."""
+        """Add a grant to the running sandbox (a global of later code).
+
+        :param name: the global name the sandbox sees.
+        :param obj: a capability, a function or a value.
+        """
         _check_grant_name(name)
-        self._boot("grant", {name: obj})
-        if name == "fs":
-            self._maybe_install_fs({name: obj})
+        self._add_grants({name: obj})
 
     def stats(self) -> dict[str, Any]:
         """Counters of this sandbox plus the sizes of its capability tables.
@@ -279,24 +384,23 @@ class Sandbox:
 
     @property
     def alive(self) -> bool:
+        """Whether the sandbox can still be used: not closed, not killed by a limit."""
         return not self._closed and self._chan.dead is None
 
     def close(self) -> None:
-        """End the sandbox: close the channel, let it exit, kill it if it lingers.
+        """End the sandbox: deliver what it printed, then end the process.
 
-        Idempotent; never raises.
+        Returns at once; the process is reaped in the background. Idempotent;
+        never raises.
         """
         try:
-            self._shutdown(graceful=True)
+            self._shutdown()
         except BaseException:  # pragma: no cover - close never raises
             pass
 
     def kill(self) -> None:
-        """End the sandbox at once (SIGKILL)."""
-        try:
-            self._shutdown(graceful=False)
-        except BaseException:  # pragma: no cover
-            pass
+        """End the sandbox at once (SIGKILL), like :meth:`close`."""
+        self.close()
 
     def __enter__(self) -> "Sandbox":
         return self
@@ -307,7 +411,7 @@ class Sandbox:
     def __del__(self) -> None:
         try:
             if not self._closed:
-                self._shutdown(graceful=False)
+                self._shutdown()
         except Exception:
             pass
 
@@ -317,14 +421,18 @@ class Sandbox:
 
     # ------------------------------------------------------------------ internals
 
-    def _boot(self, name: str, *args: Any) -> Any:
+    def _boot(self, name: str, *args: Any, timeout: float | None = None) -> Any:
         self._check_usable()
         try:
-            return self._chan.call(0, _OP_CALL, name, args, {})
+            return self._chan.call(0, _OP_CALL, name, args, {}, timeout)
         finally:
             # The runtime flushed before answering: what the call printed is in
             # the pipes now; deliver it before returning.
             self._sink.drain()
+
+    def _add_grants(self, grants: Mapping[str, Any]) -> None:
+        self._boot("grant", dict(grants))
+        self._maybe_install_fs(grants)
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -333,11 +441,64 @@ class Sandbox:
         if dead is not None:
             raise SandboxError(f"this sandbox is dead: {dead}") from dead
 
-    def _on_deadline(self) -> None:
-        if self._chan.dead is None and not self._closed:
-            self._timed_out = True
-            self._killed_by_us = True
-            self._proc.kill()
+    def _running(self) -> bool:
+        """Usable and its process alive (asked of the pidfd, not the exit notice)."""
+        return self.alive and self._proc.running()
+
+    def _set_awaiter(self, awaiter: Callable[[Any], Any] | None) -> None:
+        """Who runs what ``async def`` capabilities return (AsyncSandbox)."""
+        self._session.awaiter = awaiter
+
+    # -- deadlines (see capbridge._deadline) ----------------------------------------
+
+    def _on_deadline(self, qid: int) -> None:
+        if self._enforcer is not None and not self._closed:
+            self._enforcer.fire(qid)
+
+    def _interrupt(self, rec: Timed) -> None:
+        """Ask the sandbox to stop the call ``rec``; never blocks for long."""
+        self._proc.using_pidfd(lambda pidfd: _interrupt.send(pidfd, rec.qid))
+        self._chan.wake()
+        listener = self._on_interrupt
+        if listener is not None:
+            listener(rec.ident)
+
+    def _kill_for(self, err: BaseException) -> None:
+        """End the sandbox because of ``err``, which the waiting calls then raise."""
+        if self._chan.dead is not None or self._closed:
+            return
+        self._killed_by_us = True
+        self._usage()
+        self._proc.kill()
+        self._chan.fail(err)
+        listener = self._on_interrupt
+        if listener is not None:
+            listener(None)
+
+    def _cpu_now(self) -> float:
+        """CPU seconds the sandbox has used (``/proc/<pid>/stat``, clock ticks).
+
+        With a per-call CPU budget it is read at every call, from a file kept open.
+        """
+        try:
+            fd = self._stat_fd
+            if fd < 0:
+                fd = os.open(f"/proc/{self.pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+                if self.limits.call_cpu_seconds is not None and not self._closed:
+                    self._stat_fd = fd
+            try:
+                data = os.pread(fd, 1024, 0)
+            finally:
+                if fd != self._stat_fd:
+                    os.close(fd)
+            fields = data.rsplit(b")", 1)[1].split()
+            if fields[0] != b"Z":
+                cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+                if cpu > self._last_usage[0]:
+                    self._last_usage = (cpu, self._last_usage[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return self._last_usage[0]
 
     def _remote_error(self, data: tuple) -> BaseException:
         try:
@@ -366,11 +527,6 @@ class Sandbox:
         status = self._proc.wait(5.0)
         if isinstance(cause, ProtocolError):
             err: BaseException = ProtocolError(f"{cause}; the sandbox was killed")
-        elif self._timed_out:
-            err = SandboxTimeout(
-                f"a call into the sandbox ran longer than Limits.wall_seconds="
-                f"{self.limits.wall_seconds}; the sandbox was killed"
-            )
         elif status is not None and self._cpu_exhausted(status):
             err = CPULimitExceeded(
                 f"the sandbox used up its CPU time (Limits.cpu_seconds={self.limits.cpu_seconds}); "
@@ -396,52 +552,61 @@ class Sandbox:
         return status.signal == _signal.SIGKILL and not self._killed_by_us and used >= limit * 0.5
 
     def _usage(self) -> tuple[float, float]:
-        pid = self.pid
+        """(CPU seconds, peak memory in MiB) read from ``/proc`` (last known once ended)."""
+        self._cpu_now()
         try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            ticks = os.sysconf("SC_CLK_TCK")
-            cpu = (int(fields[11]) + int(fields[12])) / ticks
-            peak = self._last_usage[1]
-            with open(f"/proc/{pid}/status", "rb") as f:
+            with open(f"/proc/{self.pid}/status", "rb") as f:
                 for line in f:
                     if line.startswith(b"VmHWM:"):
                         peak = int(line.split()[1]) / 1024
+                        if peak > self._last_usage[1]:
+                            self._last_usage = (self._last_usage[0], peak)
                         break
-            if fields[0] != b"Z":
-                self._last_usage = (max(cpu, self._last_usage[0]), max(peak, self._last_usage[1]))
         except (OSError, ValueError, IndexError):
             pass
         return self._last_usage
 
-    def _shutdown(self, *, graceful: bool) -> None:
+    def _shutdown(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        self._usage()
         chan = self._chan
         proc = self._proc
-        if chan.dead is None:
-            chan.close()
-        try:
-            os.close(proc.wfd)
-        except OSError:
-            pass
-        proc.wfd = -1
-        if graceful and proc.wait(1.0) is not None:
-            pass
-        else:
-            self._killed_by_us = True
-            proc.kill()
-            proc.wait(5.0)
+        self._usage()
+        self._killed_by_us = True
+        proc.kill()  # the fork server reaps it; its exit notice closes the pidfd
+        chan.close()
+        listener = self._on_interrupt
+        if listener is not None:
+            listener(None)
         try:
             self._sink.drain()
         except Exception:
             pass
         pump().unregister(self._sink)
+        fds_free = chan.quiesce(1.0)
         with self._sink.lock:
-            proc.close_fds()
+            self._sink.detach()
+            if fds_free:
+                proc.close_fds()
+            else:  # a thread is still in a read; it gets EOF and proc.__del__ closes the rest
+                for name in ("out_fd", "err_fd"):
+                    fd = getattr(proc, name)
+                    if fd >= 0:
+                        setattr(proc, name, -1)
+                        os.close(fd)
+        if self._stat_fd >= 0:
+            os.close(self._stat_fd)
+            self._stat_fd = -1
+
+
+def _check_timeout(value: Any, what: str = "timeout") -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{what} must be a positive number of seconds or None, not {value!r}")
+    return float(value)
 
 
 def _check_grant_name(name: Any) -> None:

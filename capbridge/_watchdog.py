@@ -1,10 +1,12 @@
-"""One thread that enforces the wall-clock limit of every watched channel.
+"""One thread that watches the deadlines of every watched channel.
 
-A channel records the deadline of each thread's outermost call in
+A channel records, per question id, when the watchdog must look at that call in
 ``channel.deadlines`` (a dict store, no lock). The thread sleeps until the earliest
-deadline it knows of, then looks again: a deadline that moved forward costs one
-extra wake-up per wall period, not a lock per call. Only a deadline earlier than
-the planned wake-up (the first call after idling) pokes the thread.
+time it knows of, then calls ``channel.on_deadline(qid)`` for each one due, which
+decides what happens (see :mod:`capbridge._deadline`) and may store a new time.
+A deadline that moved forward costs one extra wake-up per wall period, not a lock
+per call. Only a deadline earlier than the planned wake-up (the first call after
+idling, a short timeout) pokes the thread. The callbacks never block.
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ def _run() -> None:
             now = time.monotonic()
             soonest = _INF
             for chan in list(_watched):
-                for ident, deadline in list(chan.deadlines.items()):
+                for qid, deadline in list(chan.deadlines.items()):
                     if deadline <= now:
-                        chan.deadlines.pop(ident, None)
-                        due.append(chan)
+                        chan.deadlines.pop(qid, None)
+                        due.append((chan, qid))
                     elif deadline < soonest:
                         soonest = deadline
             if not due:
@@ -44,11 +46,11 @@ def _run() -> None:
                 _cond.wait(None if soonest == _INF else soonest - now)
                 continue
             next_wake = now
-        for chan in due:
+        for chan, qid in due:
             fire = chan.on_deadline
             if fire is not None:
                 try:
-                    fire()
+                    fire(qid)
                 except Exception:  # pragma: no cover - must not stop the thread
                     pass
 

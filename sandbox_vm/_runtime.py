@@ -65,14 +65,31 @@ class Runtime:
     def exec(self, source: str, filename: str) -> None:
         _remember_source(filename, source)
         try:
-            code = compile(source, filename, "exec")
-            exec(code, self.main.__dict__)
+            exec(compile(source, filename, "exec"), self.main.__dict__)
         finally:
             _flush()
 
     def eval(self, expression: str) -> Any:
         try:
             return eval(compile(expression, "<sandbox>", "eval"), self.main.__dict__)
+        finally:
+            _flush()
+
+    def execute(self, source: str) -> Any:
+        """Run statements like the interactive prompt: the value of a final
+        expression statement is the result (None without one)."""
+        import ast
+
+        filename = "<sandbox>"
+        _remember_source(filename, source)
+        try:
+            tree = compile(source, filename, "exec", ast.PyCF_ONLY_AST)
+            last = None
+            if tree.body and isinstance(tree.body[-1], ast.Expr):
+                last = ast.Expression(tree.body.pop().value)
+            namespace = self.main.__dict__
+            exec(compile(tree, filename, "exec"), namespace)
+            return None if last is None else eval(compile(last, filename, "eval"), namespace)
         finally:
             _flush()
 
@@ -171,6 +188,9 @@ def serve(rfd: int, wfd: int, config: SandboxConfig, report: Any) -> int:
     session = SandboxSession(max_frame=config.max_message_bytes, debug=config.debug, bootstrap=runtime,
                              host_budget=Budget(max_bytes=config.max_decoded_bytes))
     chan = Channel(session, rfd, wfd, raise_error=lambda data: error_from_data(data, trusted=True))
+    from capbridge import _interrupt
+
+    _interrupt.install(chan.interrupt)
     import gc
 
     gc.freeze()  # start-up objects never need collecting; keeps collections short

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import threading
 import weakref
+from typing import Callable
 
 from . import _forkserver as wire
 from ._config import ExitStatus, SandboxConfig
@@ -68,6 +69,23 @@ class SandboxProcess:
                     signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+    def running(self) -> bool:
+        """Whether the process still runs, asked of its pidfd (which becomes readable
+        the moment the process exits, before the fork server reports it)."""
+        with self._lock:
+            if self._status is not None or self._pidfd < 0:
+                return False
+            return not select.select([self._pidfd], [], [], 0)[0]
+
+    def using_pidfd(self, fn: "Callable[[int], object]") -> bool:
+        """Call ``fn(pidfd)`` unless the process has been reaped; the pidfd cannot be
+        closed (and its number reused) meanwhile. False when it was not called."""
+        with self._lock:
+            if self._status is not None or self._pidfd < 0:
+                return False
+            fn(self._pidfd)
+            return True
 
     def close_fds(self) -> None:
         """Close the host's pipe ends; the pidfd goes when the process has ended."""

@@ -104,3 +104,21 @@ def test_custom_api_web_refuses_what_the_list_does_not_name(site):
                 f"ftp://127.0.0.1:{port}/", f"http://127.0.0.1:{port}@evil.example/"):
         with pytest.raises(PermissionError):
             web.get(url)
+def test_agent_loop():
+    out = run_example("agent_loop.py")
+    assert "loaded 4 scores" in out and "\n79\n" in out
+    assert "RemoteError: TypeError" in out and "\n29\n" in out  # the state survived the error
+    assert "CallTimeout:" in out and "lives on" in out
+    assert "output cut off at 1 KiB" in out and "line 399" not in out
+    assert "SyntaxError" in out
+    assert out.rstrip().endswith("4")
+    assert "alive=False" not in out
+
+
+def test_npc_ticks():
+    out = run_example("npc_ticks.py")
+    assert "looper was removed on tick 30: SandboxTimeout" in out
+    assert "looper: moved 90" in out and "removed" in out
+    assert "walker: moved" in out and "thinker: moved" in out
+    thinker = next(line for line in out.splitlines() if line.startswith("thinker:"))
+    assert thinker.endswith("alive") and int(thinker.split("skipped ")[1].split(",")[0]) >= 3

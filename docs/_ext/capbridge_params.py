@@ -91,6 +91,12 @@ PARAMETERS: dict[str, dict[str, str]] = {
         "grants": "as for :class:`Sandbox`.",
         "kwargs": "the keyword arguments of :class:`Sandbox`.",
     },
+    "capbridge.AsyncSandbox.call": {
+        "fn": "as for :meth:`Sandbox.call`.",
+        "args": "positional arguments for ``fn``.",
+        "kwargs": "keyword arguments for ``fn``.",
+        "timeout": _TIMEOUT,
+    },
     "capbridge.AsyncSandbox.run": {
         "fn": "a blocking callable, such as a proxy's method.",
         "args": "positional arguments for ``fn``.",
@@ -236,6 +242,7 @@ PARAMETERS: dict[str, dict[str, str]] = {
 
 NO_CONSTRUCTOR = frozenset({
     "capbridge.Proxy",
+    "capbridge.Execution",
     "capbridge.AuditEvent",
     "host_apis.FileBase",
     "host_apis.HostFile",
