@@ -45,7 +45,7 @@ from ._execution import Execution
 from ._sandbox import Limits, Sandbox
 from ._session import AuditEvent
 
-__all__ += ["Sandbox", "AsyncSandbox", "SandboxPool", "Limits", "Execution", "Proxy", "AuditEvent"]
+__all__ += ["Sandbox", "AsyncSandbox", "SandboxPool", "gather", "Limits", "Execution", "Proxy", "AuditEvent"]
 
 for _obj in (Sandbox, Limits, Execution, Proxy, AuditEvent):
     _obj.__module__ = "capbridge"
@@ -58,6 +58,8 @@ def __getattr__(name: str) -> object:
         from ._aio import AsyncSandbox as value
     elif name == "SandboxPool":
         from ._pool import SandboxPool as value
+    elif name == "gather":
+        from ._gather import gather as value
     else:
         raise AttributeError(f"module 'capbridge' has no attribute {name!r}")
     value.__module__ = "capbridge"
