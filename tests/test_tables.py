@@ -91,10 +91,32 @@ def test_target_iface_and_membrane_are_kept():
     assert e.obj is wrapper and e.target is target and e.iface == "IFACE" and e.membrane == "MEMBRANE"
 
 
-def test_a_plain_export_is_never_revoked():
-    t = ExportTable()
-    a = Obj()
-    assert not t.export(a, a, None).revoked
+def _iface(name="I"):
+    from capbridge._expose import Interface
+
+    return Interface(name=name, doc="", methods={}, properties={}, dunders={})
+
+
+def test_interface_keys_live_while_an_export_uses_them():
+    out: list = []
+    t = ExportTable(out)
+    i, j = _iface("I"), _iface("J")
+    a, b, c = Obj(), Obj(), Obj()
+    ea, eb, ec = t.export(a, a, i), t.export(b, b, i), t.export(c, c, j)
+    assert ea.key == eb.key != ec.key and t.interfaces() == 2
+    assert t.describe(i, []) == (ea.key, True)
+    pending: list = []
+    assert t.describe(i, pending) == (ea.key, True) and t.describe(i, pending) == (ea.key, False)
+    t.mark_sent(pending)
+    assert t.describe(i, []) == (ea.key, False)  # the peer has it now
+    assert t.release(ea.id, 1) and out == [] and t.interfaces() == 2  # b still uses it
+    assert t.release(eb.id, 1)
+    assert out == [(0, ea.key)] and t.interfaces() == 1  # the peer is told to forget it
+    assert t.release(ec.id, 1) and out == [(0, ea.key)]  # j was never sent: nothing to forget
+    assert t.interfaces() == 0
+    again = t.export(a, a, i)
+    assert again.key not in (ea.key, ec.key)  # a key is never reused
+    assert t.describe(i, []) == (again.key, True)
 
 
 def test_export_is_thread_safe():
@@ -187,7 +209,8 @@ def test_take_releases_collects_many():
 
 def test_tables_stats_and_qids():
     tables = Tables()
-    assert tables.stats() == {"exports": 0, "imports": 0, "questions": 0, "answers": 0}
+    assert tables.stats() == {"exports": 0, "imports": 0, "questions": 0, "answers": 0,
+                              "interfaces": 0, "peer_interfaces": 0}
     ids = [tables.next_qid() for _ in range(5)]
     assert ids == sorted(set(ids)) and ids[0] >= 1
 
