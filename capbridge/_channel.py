@@ -15,6 +15,7 @@ calls.
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import time
@@ -121,6 +122,11 @@ class Channel:
                     final = hook_exc
             if self._dead is None:
                 self._dead = final
+                # A dead channel keeps nothing alive: not what the peer could
+                # reach, not its owner (through the callbacks).
+                self.session.connection_lost()
+                self._on_fatal = self.on_deadline = None
+                self._raise_error = _default_error
         with self._cond:
             self._cond.notify_all()
         return self._dead  # type: ignore[return-value]
@@ -206,7 +212,7 @@ class Channel:
     def call(self, target: int, op: int, name: str | None, args: tuple, kwargs: dict) -> Any:
         """Send a call and wait for its answer, serving nested calls meanwhile."""
         if self._dead is not None:
-            raise self._dead
+            raise _detached(self._dead)
         local = self._local
         wall = self.wall
         ident = 0
@@ -238,7 +244,11 @@ class Channel:
             self.calls_out += 1
             reply = self._wait(waiter)
         except OSError as exc:
-            raise self.fail(exc) from None
+            raise _detached(self.fail(exc)) from None
+        except BaseException as exc:
+            if exc is self._dead:
+                raise _detached(exc) from None
+            raise
         finally:
             del questions[qid]
             if wall is not None:
@@ -250,8 +260,8 @@ class Channel:
         try:
             err = self._raise_error(reply[2])
         except ProtocolError as exc:  # malformed error data ends the connection
-            raise self.fail(exc) from None
-        raise err
+            raise _detached(self.fail(exc)) from None
+        raise _detached(err) if err is self._dead else err
 
     def serve_forever(self) -> None:
         """Serve the peer's calls until the channel ends (the sandbox's main loop)."""
@@ -357,8 +367,8 @@ class Channel:
             except ProtocolError as exc:
                 raise self.fail(exc) from None
             except BaseException as exc:
-                if self._dead is not None and exc is self._dead:
-                    raise
+                if self._dead is not None:
+                    raise self._dead
                 self._reply_error(qid, exc)
                 return
             try:
@@ -462,6 +472,24 @@ def _as_error(exc: BaseException) -> BaseException:
     if isinstance(exc, MemoryError):
         return ProtocolError("message too large to decode")
     return exc
+
+
+def _detached(exc: BaseException) -> BaseException:
+    """What to raise for the channel's stored error: a copy, so the stored one never
+    collects the frames it passes through (they would keep the caller's objects,
+    the Sandbox among them, alive until the cyclic GC runs)."""
+    link: BaseException | None = exc
+    for _ in range(8):  # its causes' frames, too: each links to the frames below it
+        if link is None:
+            break
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    try:
+        new = copy.copy(exc)
+    except Exception:  # pragma: no cover - an error type that cannot be copied
+        return exc
+    new.__cause__ = exc.__cause__
+    return new
 
 
 def _default_error(data: tuple) -> BaseException:
