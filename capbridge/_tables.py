@@ -4,9 +4,10 @@
   object (a reverse map by identity); a count of references sent, lowered by the
   peer's counted releases, so a release racing a new reference can't drop a live
   object. Ids are never reused. Each export names the *interface key* its
-  descriptor travels under: a key lives while an export uses it, and when the last
-  one goes the peer is told to forget the key (so neither end keeps interfaces
-  nothing uses).
+  descriptor travels under. A key no export uses is kept a while (the
+  :data:`MAX_IDLE_KEYS` used last, until the table is empty), so an object handed
+  out and dropped in a loop is described once; when a key goes, the peer is told
+  to forget it. Keys are never reused.
 * **imports** - the peer's exports we hold proxies for: id -> entry with the number
   of references received, returned in one release when the proxy dies.
 * **peer classes** - the proxy classes built from the peer's interface
@@ -26,10 +27,12 @@ from typing import Any, Callable
 
 from ._expose import Interface
 
-__all__ = ["Export", "ExportTable", "ImportEntry", "ImportTable", "Tables", "FORGET"]
+__all__ = ["Export", "ExportTable", "ImportEntry", "ImportTable", "Tables", "FORGET", "MAX_IDLE_KEYS"]
 
 #: The id in a release pair that means "forget interface key <count>".
 FORGET = 0
+#: Interface keys kept while no export uses them (the most recently used).
+MAX_IDLE_KEYS = 64
 
 
 class Export:
@@ -56,7 +59,8 @@ class Export:
 class ExportTable:
     """Exports by id and by object, and the interface keys they use."""
 
-    __slots__ = ("_by_id", "_by_obj", "_next", "_lock", "_keys", "_live", "_next_key", "_sent", "_out")
+    __slots__ = ("_by_id", "_by_obj", "_next", "_lock", "_keys", "_idle", "_live", "_next_key", "_sent",
+                 "_out")
 
     def __init__(self, out: list | None = None) -> None:
         self._by_id: dict[int, Export] = {}
@@ -65,6 +69,7 @@ class ExportTable:
         self._lock = threading.Lock()
         #: interface -> [key, number of exports using it]
         self._keys: dict[Interface, list[int]] = {}
+        self._idle: dict[Interface, None] = {}  # keys no export uses, oldest first
         self._live: set[int] = set()  # the keys in _keys
         self._next_key = 1
         self._sent: set[int] = set()  # keys whose descriptor the peer has
@@ -85,15 +90,20 @@ class ExportTable:
                 self._by_id[entry.id] = entry
                 self._by_obj[id(obj)] = entry
                 if iface is not None:
-                    used = self._keys.get(iface)
-                    if used is None:
-                        used = self._keys[iface] = [self._next_key, 0]
-                        self._live.add(self._next_key)
-                        self._next_key += 1
-                    used[1] += 1
-                    entry.key = used[0]
+                    entry.key = self._use(iface)
             entry.count += 1
             return entry
+
+    def _use(self, iface: Interface) -> int:
+        used = self._keys.get(iface)
+        if used is None:
+            used = self._keys[iface] = [self._next_key, 0]
+            self._live.add(self._next_key)
+            self._next_key += 1
+        elif not used[1]:
+            del self._idle[iface]
+        used[1] += 1
+        return used[0]
 
     def describe(self, iface: Interface, pending: list[int] | None) -> tuple[int, bool]:
         """The key of ``iface`` (which an export uses) and whether the peer needs its
@@ -139,24 +149,37 @@ class ExportTable:
         if used is None:
             return
         used[1] -= 1
-        if used[1] == 0:
-            del self._keys[iface]  # type: ignore[arg-type]
-            key = used[0]
-            self._live.discard(key)
-            if key in self._sent:
-                self._sent.discard(key)
-                self._out.append((FORGET, key))
+        if used[1]:
+            return
+        self._idle[iface] = None  # type: ignore[index]
+        if used[0] not in self._sent:  # the peer never learnt it (a body not sent)
+            self._forget(iface)  # type: ignore[arg-type]
+            return
+        if not self._by_id:  # nothing exported: nothing to keep
+            for idle in list(self._idle):
+                self._forget(idle)
+        elif len(self._idle) > MAX_IDLE_KEYS:
+            self._forget(next(iter(self._idle)))
+
+    def _forget(self, iface: Interface) -> None:
+        key = self._keys.pop(iface)[0]
+        del self._idle[iface]
+        self._live.discard(key)
+        if key in self._sent:
+            self._sent.discard(key)
+            self._out.append((FORGET, key))
 
     def clear(self) -> None:
         with self._lock:
             self._by_id.clear()
             self._by_obj.clear()
             self._keys.clear()
+            self._idle.clear()
             self._live.clear()
             self._sent.clear()
 
     def interfaces(self) -> int:
-        """How many interface keys exports use."""
+        """How many interface keys this end holds (in use or kept)."""
         return len(self._keys)
 
     def __len__(self) -> int:
