@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import array
 import fcntl
+import copy
 import os
 import select
 import termios
@@ -151,6 +152,11 @@ class Channel:
                     final = hook_exc
             if self._dead is None:
                 self._dead = final
+                # A dead channel keeps nothing alive: not what the peer could
+                # reach, not its owner (through the callbacks).
+                self.session.connection_lost()
+                self._on_fatal = self.on_deadline = self.cpu_clock = None
+                self._raise_error = _default_error
         with self._cond:
             self._cond.notify_all()
         return self._dead  # type: ignore[return-value]
@@ -269,7 +275,7 @@ class Channel:
         limit, and when it passes the call is interrupted (host side).
         """
         if self._dead is not None:
-            raise self._dead
+            raise _detached(self._dead)
         local = self._local
         qid = self._next_qid()
         waiter = _Waiter(qid)
@@ -305,10 +311,18 @@ class Channel:
                         scalar = False
                         break
             self.calls_out += 1  # first: output the call makes is counted against it
-            self._send(msg, scalar)
+            try:
+                self._send(msg, scalar)
+            except CapbridgeError:
+                self.calls_out -= 1  # it could not be encoded: nothing was sent
+                raise
             reply = self._wait(waiter)
         except OSError as exc:
-            raise self.fail(exc) from None
+            raise _detached(self.fail(exc)) from None
+        except BaseException as exc:
+            if exc is self._dead:
+                raise _detached(exc) from None
+            raise
         finally:
             del questions[qid]
             if depth >= 0:
@@ -326,8 +340,8 @@ class Channel:
         try:
             err = self._raise_error(reply[2])
         except ProtocolError as exc:  # malformed error data ends the connection
-            raise self.fail(exc) from None
-        raise err
+            raise _detached(self.fail(exc)) from None
+        raise _detached(err) if err is self._dead else err
 
     def _arm(self, qid: int, depth: int, timeout: float | None) -> int:
         """Record the deadlines of a call on the slow path; 0 none, 1 a plain wall
@@ -518,8 +532,8 @@ class Channel:
             except ProtocolError as exc:
                 raise self.fail(exc) from None
             except BaseException as exc:
-                if self._dead is not None and exc is self._dead:
-                    raise
+                if self._dead is not None:
+                    raise self._dead
                 self._reply_error(qid, exc)
                 return
             try:
@@ -759,6 +773,24 @@ def _as_error(exc: BaseException) -> BaseException:
     if isinstance(exc, MemoryError):
         return ProtocolError("message too large to decode")
     return exc
+
+
+def _detached(exc: BaseException) -> BaseException:
+    """What to raise for the channel's stored error: a copy, so the stored one never
+    collects the frames it passes through (they would keep the caller's objects,
+    the Sandbox among them, alive until the cyclic GC runs)."""
+    link: BaseException | None = exc
+    for _ in range(8):  # its causes' frames, too: each links to the frames below it
+        if link is None:
+            break
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    try:
+        new = copy.copy(exc)
+    except Exception:  # pragma: no cover - an error type that cannot be copied
+        return exc
+    new.__cause__ = exc.__cause__
+    return new
 
 
 def _default_error(data: tuple) -> BaseException:

@@ -13,9 +13,7 @@ import functools
 import threading
 import types
 import weakref
-from typing import Any, Callable, Iterable, NamedTuple, TypeVar
-
-from ._errors import CapabilityError
+from typing import Any, Iterable, NamedTuple, TypeVar
 
 __all__ = [
     "expose",
@@ -48,7 +46,10 @@ ALLOWED_DUNDERS = frozenset(
 
 
 class ExposedProperty(property):
-    """A property marked reachable from the sandbox (made by ``@expose``)."""
+    # A property marked reachable from the sandbox (made by ``@expose``). Its
+    # ``__doc__`` is the wrapped property's: the slot of ``property`` itself, which a
+    # class docstring here would hide (so help() showed this class's text).
+    __doc__ = property.__dict__["__doc__"]  # type: ignore[assignment]
 
 
 def expose(member: T) -> T:

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import builtins
+import functools
 import io
 import pickle
 import time
@@ -147,14 +148,10 @@ class HostSession(Session):
             membrane = None
         made: list[Export] = []
         pending: list[int] = []
-
-        def pid(obj: Any) -> Any:
-            return self.pid_out(obj, membrane, made, pending)
-
         buf = io.BytesIO()
         buf.write(head)
         p = pickle.Pickler(buf, 5)
-        p.persistent_id = pid
+        p.persistent_id = lambda obj: self.pid_out(obj, membrane, made, pending)
         try:
             p.dump(payload)
             body = self._checked_size(buf.getvalue())
@@ -176,26 +173,26 @@ class HostSession(Session):
         self.bytes_out += len(body) + 4
         return body
 
-    def pid_out(self, obj: Any, membrane: Membrane | None, made: list | None, pending: list | None) -> Any:
-        """The persistent id for ``obj`` in an outgoing body (None: pickle it as is)."""
+    def pid_out(self, obj: Any, membrane: Membrane | None, made: list, pending: list) -> Any:
+        """The persistent id for ``obj`` in an outgoing body (None: pickle it as is).
+
+        Capabilities are exported (through ``membrane`` when the body answers a call
+        made through one); ``made`` and ``pending`` collect this body's exports and
+        new interface keys, so a body that is not sent can be taken back.
+        """
         t = type(obj)
         if t in _PLAIN:
             return None
         if t in _RECORDS or _codec.is_ndarray(obj):
             return _codec.encode_value_record(obj)
+        if t is InboundProxy:  # (before Proxy: it passes for one)
+            return ("r", self._own_proxy(obj._cb_live())._cb_id)
         if isinstance(obj, Proxy):
-            if obj._cb_chan is not self.channel:
-                raise CapabilityError("a proxy from another sandbox cannot be passed to this one")
-            return ("r", obj._cb_id)
-        if t is InboundProxy:
-            proxy = obj._cb_live()
-            if proxy._cb_chan is not self.channel:
-                raise CapabilityError("a proxy from another sandbox cannot be passed to this one")
-            return ("r", proxy._cb_id)
+            return ("r", self._own_proxy(obj)._cb_id)
         if t is ShippedCall:
             from ._shipping import ship
 
-            return ("f", ship(obj, self))
+            return ("f", ship(obj, self, made, pending))
         vt = value_type_of(t)
         if vt is not None:
             return ("v", "vt", (vt.name, vt.fields, tuple(getattr(obj, f) for f in vt.fields), vt.is_tuple))
@@ -203,11 +200,15 @@ class HostSession(Session):
             obj = membrane.wrap_out(obj)
         return self.export(obj, made, pending)
 
+    def _own_proxy(self, proxy: Proxy) -> Proxy:
+        if proxy._cb_chan is not self.channel:
+            raise CapabilityError("a proxy from another sandbox cannot be passed to this one")
+        return proxy
+
     def export(self, obj: Any, made: list | None, pending: list | None) -> tuple:
         """Export capability ``obj``; its ``("c", id, key, descriptor)`` id."""
         if isinstance(obj, Bound):
-            iface = obj._cb_iface
-            entry = self.tables.exports.export(obj, None, iface, obj._cb_membrane)
+            entry = self.tables.exports.export(obj, None, obj._cb_iface, obj._cb_membrane)
         else:
             iface = ITER_IFACE if type(obj) is IterBatches else interface_of(obj)
             if iface is None:
@@ -215,6 +216,7 @@ class HostSession(Session):
             entry = self.tables.exports.export(obj, obj, iface, None)
         if made is not None:
             made.append(entry)
+        iface = entry.iface
         key, describe = self.interface_key(iface, pending)
         return ("c", entry.id, key, (*iface.describe(), False) if describe else None)
 
@@ -277,7 +279,7 @@ class HostSession(Session):
             else:
                 entry = self._export_of(target) if target else None
                 membrane = entry.membrane if entry is not None else None
-                ref = self._ref if membrane is None else _InRef(self, membrane)
+                ref = self._ref if membrane is None else functools.partial(self._ref, membrane=membrane)
                 try:
                     name, args, kwargs = check_call_payload(_decode(body, ref, budget, start))
                 except RevokedError as exc:
@@ -299,13 +301,10 @@ class HostSession(Session):
             entry = self._export_of(eid) if type(eid) is int else None
             if entry is None:
                 raise ProtocolError(f"reference to unknown export id {safe_repr(eid)}")
-            m = entry.membrane
-            if m is None:
+            if entry.membrane is None:
                 return entry.obj  # our own object, back as itself
-            raw = entry.obj._cb_raw
-            if raw is None or m.revoked:
-                raise RevokedError(f"{entry.iface.name if entry.iface else 'capability'} was revoked")
-            return raw if m is membrane else entry.obj
+            raw = entry.obj._cb_live()  # RevokedError: the call fails at its call site
+            return raw if entry.membrane is membrane else entry.obj
         if kind == "c" and len(pid) == 4:
             _, eid, key, desc = pid
             if type(eid) is not int or eid <= 0 or type(key) is not int or key <= 0:
@@ -350,9 +349,7 @@ class HostSession(Session):
                     return result
                 return self.await_coroutine(result, entry, name)
         else:
-            obj = entry.obj._cb_raw
-            if obj is None or membrane.revoked:
-                raise RevokedError(f"{entry.iface.name} was revoked")
+            obj = entry.obj._cb_live()
             # What this call returns leaves through the same membrane.
             self.tables.answers[qid] = membrane
         if self.audit is None:
@@ -394,19 +391,6 @@ class HostSession(Session):
             label = entry.iface.name if name is None else f"{entry.iface.name}.{name}"
             raise TypeError(f"{label} is async: async capabilities need an AsyncSandbox")
         return self.awaiter(coro)
-
-
-class _InRef:
-    """Reference resolution for a call addressed to an export inside ``membrane``."""
-
-    __slots__ = ("session", "membrane")
-
-    def __init__(self, session: HostSession, membrane: Membrane) -> None:
-        self.session = session
-        self.membrane = membrane
-
-    def __call__(self, pid: tuple) -> Any:
-        return self.session._ref(pid, self.membrane)
 
 
 def _invoke_member(obj: Any, iface: Interface, op: int, name: Any, args: tuple, kwargs: dict) -> Any:

@@ -2,19 +2,23 @@
 
 A capability made by :func:`facet` or :func:`revocable` is the root of a
 :class:`Membrane`. Everything the sandbox reaches through the root - return values,
-property values, iterator items, capabilities inside returned containers, and
-everything reached through those in turn - crosses wrapped in the same membrane, and
-so do the sandbox's own objects (callbacks) handed *in* through it. Wherever a
-wrapped reference travels afterwards (back to the host and out again, into a host
-container, as an argument to an unrelated host method, to a second path), it is the
-same wrapper, so it stays inside the membrane.
+property values, iterator items, capabilities inside returned containers and value
+types, and everything reached through those in turn - crosses wrapped in the same
+membrane, and so do the sandbox's own objects (callbacks) handed *in* through it and
+what they hand back. Wherever a wrapped reference travels afterwards (back to the
+host and out again, into a host container, as an argument to an unrelated host
+method, to a second path, to another sandbox), it is the same wrapper, so it stays
+inside the membrane.
 
 * A wrapper is made once per (membrane, target): one object reached through two
   membranes has two wrappers, and each membrane's revocation applies to its own.
-* A result that *is* a facet's target comes back as the facet itself, so returning
-  ``self`` never widens a facet.
-* Revokers only accumulate: a facet of a revocable, or a revocable of a facet, is
-  revoked by every revoker beneath it.
+* A result that *is* a facet's target comes back as the facet (or, once the facet
+  object itself is gone, as a new one with the same names), so returning ``self``
+  never widens a facet. Each membrane keeps its *layers*: the (target, interface)
+  of its own root and of every facet or revocable it was built on.
+* Revokers only accumulate: a facet of a revocable, a revocable of a facet, and a
+  reference carried from one membrane out through another are revoked by every
+  revoker beneath them.
 * ``revoke()`` marks the membrane revoked at once (any call that starts afterwards,
   on any thread, raises :class:`~capbridge.RevokedError`) and drops every target the
   membrane's wrappers held, so what only the membrane kept alive is released.
@@ -28,71 +32,97 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ._errors import CapabilityError, RevokedError
-from ._expose import ALLOWED_DUNDERS, Interface, Member, Prop, _doc, _signature, interface_of
+from ._expose import ALLOWED_DUNDERS, Interface, Member, Prop, _doc, _signature, interface_of, value_type_of
 
 __all__ = ["Revoker", "Membrane", "Bound", "Facet", "Revocable", "Membraned", "InboundProxy",
-           "facet", "revocable", "bound_parts", "MAX_WRAP_DEPTH"]
+           "facet", "revocable", "MAX_WRAP_DEPTH"]
 
+#: How deep a value may nest for a membrane to wrap what is inside it.
 MAX_WRAP_DEPTH = 100
 
 
 class Revoker:
     """A switch: once thrown, every membrane that lists it is revoked."""
 
-    __slots__ = ("revoked", "_membranes", "__weakref__")
+    __slots__ = ("revoked", "_membranes", "_lock", "__weakref__")
 
     def __init__(self) -> None:
         self.revoked = False
         self._membranes: "weakref.WeakSet[Membrane]" = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def join(self, membrane: "Membrane") -> bool:
+        """List ``membrane``; True if this revoker was already thrown."""
+        with self._lock:
+            self._membranes.add(membrane)
+            return self.revoked
 
     def revoke(self) -> None:
-        self.revoked = True
-        for m in list(self._membranes):
+        with self._lock:
+            self.revoked = True
+            members = list(self._membranes)
+        for m in members:
             m._revoke()
+
+
+class _Layer:
+    """One facet or revocable a membrane is built on: its target, the interface its
+    root offers, and the root object while it lives."""
+
+    __slots__ = ("target", "iface", "cls", "root")
+
+    def __init__(self, target: Any, iface: Interface, cls: type) -> None:
+        self.target = target
+        self.iface = iface
+        self.cls = cls
+        self.root: Callable[[], Any] = _dead_ref
+
+
+def _dead_ref() -> None:
+    return None
 
 
 class Membrane:
     """Everything reached through one facet or revocable capability.
 
     ``revokers``: every revoker that applies (its own and the ones beneath it).
-    ``layers``: the simple membranes a composed one was made of (just itself when it
-    is simple); each layer knows its root capability for the self-return rule.
+    ``layers``: the facets and revocables it is made of, its own first (a composed
+    membrane - one thing reached through two - has only borrowed ones).
     """
 
-    __slots__ = ("revokers", "revoked", "layers", "_root", "_out", "_in", "_composed", "_lock",
+    __slots__ = ("revokers", "revoked", "layers", "_own", "_out", "_in", "_composed", "_lock",
                  "__weakref__")
 
-    def __init__(self, revokers: frozenset[Revoker], layers: tuple["Membrane", ...] = ()) -> None:
+    def __init__(self, revokers: frozenset[Revoker], layers: tuple[_Layer, ...], own: bool) -> None:
         self.revokers = revokers
-        self.revoked = any(r.revoked for r in revokers)
-        self.layers = layers or (self,)
-        self._root: Callable[[], Any] = _dead_ref
+        self.revoked = False
+        self.layers = layers
+        self._own = own  # layers[0] is this membrane's own root
         self._out: "weakref.WeakValueDictionary[Any, Membraned]" = weakref.WeakValueDictionary()
         self._in: "weakref.WeakValueDictionary[int, InboundProxy]" = weakref.WeakValueDictionary()
         self._composed: "weakref.WeakValueDictionary[int, Membrane]" = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
-        for r in revokers:
-            r._membranes.add(self)
-
-    @property
-    def root(self) -> Any:
-        """The facet or revocable this membrane belongs to (None for a composed one)."""
-        return self._root()
+        # Join first, then look: a revoke() running meanwhile either sees this
+        # membrane or has already marked its revoker.
+        if any([r.join(self) for r in revokers]):
+            self._revoke()
 
     def _revoke(self) -> None:
         with self._lock:
             self.revoked = True
-            held = [*self._out.values(), *self._in.values()]
+            held: list[Any] = [*self._out.values(), *self._in.values()]
             self._out.clear()
             self._in.clear()
-        root = self._root()
-        if root is not None:
-            held.append(root)
+            if self._own:
+                layer = self.layers[0]
+                layer.target = None
+                held.append(layer.root())
         for w in held:
-            w._cb_raw = None
+            if w is not None:
+                w._cb_raw = None
 
     # -- outward: host objects reached through the membrane -------------------------
 
@@ -102,12 +132,11 @@ class Membrane:
             if obj._cb_membrane is self:
                 return obj
             return self.compose(obj._cb_membrane)._wrapper(obj._cb_raw, obj._cb_iface)
-        if isinstance(obj, InboundProxy):
+        if type(obj) is InboundProxy:
             return obj  # the sandbox's own object, already behind a membrane
-        for layer in self.layers:
-            root = layer._root()
-            if root is not None and root._cb_raw is obj:
-                return root if layer is self else self._wrapper(obj, root._cb_iface)
+        for i, layer in enumerate(self.layers):
+            if layer.target is obj:
+                return self._root() if i == 0 and self._own else self._wrapper(obj, layer.iface)
         iface = interface_of(obj)
         if iface is None:
             raise CapabilityError(
@@ -115,46 +144,64 @@ class Membrane:
             )
         return self._wrapper(obj, iface)
 
+    def _root(self) -> "Bound":
+        """This membrane's root capability (made anew if the old one is gone)."""
+        layer = self.layers[0]
+        with self._lock:
+            root = layer.root()
+            if root is None:
+                root = layer.cls(layer.target, layer.iface, self)
+                if layer.target is not None and not self.revoked:
+                    layer.root = weakref.ref(root)
+        return root
+
     def _wrapper(self, raw: Any, iface: Interface) -> "Membraned":
         if self.revoked or raw is None:
             return Membraned(None, iface, self)
         default = interface_of(raw) is iface
         key: Any = id(raw) if default else (id(raw), id(iface))
         with self._lock:
+            if self.revoked:  # revoked meanwhile: hold nothing
+                return Membraned(None, iface, self)
             w = self._out.get(key)
             if w is None or w._cb_raw is not raw:
-                w = Membraned(raw, iface, self)
-                if not self.revoked:
-                    self._out[key] = w
+                w = self._out[key] = Membraned(raw, iface, self)
         return w
 
     def compose(self, inner: "Membrane") -> "Membrane":
         """The membrane of something in ``inner`` reached through this one as well."""
         if inner is self:
             return self
+        layers = self.layers + inner.layers
+        revokers = self.revokers | inner.revokers
         with self._lock:
             m = self._composed.get(id(inner))
-            if m is None or m.layers != self.layers + inner.layers:
-                m = Membrane(self.revokers | inner.revokers, self.layers + inner.layers)
-                self._composed[id(inner)] = m
+            if m is not None and m.layers == layers and m.revokers == revokers:
+                return m
+        m = Membrane(revokers, layers, own=False)
+        with self._lock:
+            self._composed[id(inner)] = m
         return m
 
-    def wrap_value(self, value: Any, depth: int = 0) -> Any:
-        """``value`` with every capability in it (also inside containers) wrapped."""
+    def wrap_value(self, value: Any) -> Any:
+        """``value`` leaving through the membrane: every capability and sandbox object
+        in it (also inside containers and value types) wrapped."""
+        return _walk(value, self._out_leaf, 0)
+
+    def wrap_result(self, value: Any) -> Any:
+        """``value`` a sandbox object handed back in: its sandbox objects wrapped."""
+        return _walk(value, self._in_leaf, 0)
+
+    def _out_leaf(self, value: Any) -> Any:
         t = type(value)
-        if t in _PLAIN_SCALARS:
-            return value
-        if depth >= MAX_WRAP_DEPTH:
-            raise CapabilityError(f"a value nested deeper than {MAX_WRAP_DEPTH} levels cannot cross")
-        if t is list or t is tuple or t is set or t is frozenset:
-            return t(self.wrap_value(x, depth + 1) for x in value)
-        if t is dict:
-            return {self.wrap_value(k, depth + 1): self.wrap_value(v, depth + 1) for k, v in value.items()}
+        if t is InboundProxy or isinstance(value, Bound):
+            return self.wrap_out(value)
         if _is_proxy(value):
             return self.wrap_in(value)
-        if isinstance(value, (Bound, InboundProxy)) or interface_of(value) is not None:
-            return self.wrap_out(value)
-        return value
+        return self.wrap_out(value) if interface_of(value) is not None else value
+
+    def _in_leaf(self, value: Any) -> Any:
+        return self.wrap_in(value) if type(value) is not InboundProxy and _is_proxy(value) else value
 
     # -- inward: the sandbox's objects handed in through the membrane ------------------
 
@@ -165,27 +212,48 @@ class Membrane:
         if self.revoked:
             return InboundProxy(None, self)
         with self._lock:
+            if self.revoked:
+                return InboundProxy(None, self)
             w = self._in.get(id(proxy))
             if w is None or w._cb_raw is not proxy:
-                w = InboundProxy(proxy, self)
-                self._in[id(proxy)] = w
+                w = self._in[id(proxy)] = InboundProxy(proxy, self)
         return w
 
     def stats(self) -> dict[str, int]:
         return {"wrappers": len(self._out), "inbound": len(self._in), "composed": len(self._composed)}
 
 
-def _dead_ref() -> None:
-    return None
-
-
 _PLAIN_SCALARS = frozenset({type(None), bool, int, float, complex, str, bytes, bytearray})
 
 
+def _walk(value: Any, leaf: Callable[[Any], Any], depth: int) -> Any:
+    t = type(value)
+    if t in _PLAIN_SCALARS:
+        return value
+    if depth >= MAX_WRAP_DEPTH:
+        raise CapabilityError(f"a value nested deeper than {MAX_WRAP_DEPTH} levels cannot cross a membrane")
+    if t is list or t is tuple or t is set or t is frozenset:
+        return t(_walk(x, leaf, depth + 1) for x in value)
+    if t is dict:
+        return {_walk(k, leaf, depth + 1): _walk(v, leaf, depth + 1) for k, v in value.items()}
+    vt = value_type_of(t)
+    if vt is not None:
+        fields = [getattr(value, f) for f in vt.fields]
+        wrapped = [_walk(f, leaf, depth + 1) for f in fields]
+        if all(a is b for a, b in zip(fields, wrapped)):
+            return value
+        return vt.cls(*wrapped)
+    return leaf(value)
+
+
 def _is_proxy(obj: Any) -> bool:
+    return isinstance(obj, _proxy_class())
+
+
+def _proxy_class() -> type:
     from ._proxy import Proxy
 
-    return isinstance(obj, Proxy)
+    return Proxy
 
 
 def _revoked_error(iface: Interface | None) -> RevokedError:
@@ -271,13 +339,19 @@ class Membraned(Bound):
 
 class InboundProxy:
     """A sandbox object handed in through a revocable membrane (a callback, a plugin
-    object): it forwards to the sandbox until the membrane is revoked."""
+    object): it forwards to the sandbox until the membrane is revoked. What it is
+    given leaves through the membrane; what it returns comes back inside it."""
 
-    __slots__ = ("_cb_raw", "_cb_membrane", "__weakref__")
+    __slots__ = ("_cb_raw", "_cb_membrane", "_cb_class", "__weakref__")
 
     def __init__(self, proxy: Any, membrane: Membrane) -> None:
         self._cb_raw = proxy
         self._cb_membrane = membrane
+        self._cb_class = type(proxy) if proxy is not None else _proxy_class()
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # noqa: F811 - so isinstance(x, capbridge.Proxy) holds
+        return self._cb_class
 
     def _cb_live(self) -> Any:
         raw = self._cb_raw
@@ -288,40 +362,40 @@ class InboundProxy:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_cb_"):
             raise AttributeError(name)
+        m = self._cb_membrane
         target = getattr(self._cb_live(), name)
         if not callable(target):
-            return target
-        m = self._cb_membrane
+            return m.wrap_result(target)
 
         def method(*args: Any, **kwargs: Any) -> Any:
-            return getattr(self._cb_live(), name)(*m.wrap_value(args), **m.wrap_value(kwargs))
+            fn = getattr(self._cb_live(), name)
+            return m.wrap_result(fn(*m.wrap_value(args), **m.wrap_value(kwargs)))
 
         return method
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         m = self._cb_membrane
-        return self._cb_live()(*m.wrap_value(args), **m.wrap_value(kwargs))
+        return m.wrap_result(self._cb_live()(*m.wrap_value(args), **m.wrap_value(kwargs)))
+
+    def __iter__(self) -> Iterator[Any]:
+        m = self._cb_membrane
+        for item in iter(self._cb_live()):
+            yield m.wrap_result(item)
+            self._cb_live()
 
     def __repr__(self) -> str:
         state = "revoked" if self._cb_raw is None or self._cb_membrane.revoked else "live"
         return f"<sandbox object behind a membrane ({state})>"
 
 
-def bound_parts(obj: Bound) -> tuple[Any, Interface, Membrane]:
-    """``(raw target or None when revoked, interface, membrane)`` of a wrapper."""
-    return obj._cb_raw, obj._cb_iface, obj._cb_membrane
-
-
 # --------------------------------------------------------------------------- constructors
 
 
-def _root(cls: type, raw: Any, iface: Interface, revokers: frozenset[Revoker]) -> Any:
-    membrane = Membrane(revokers)
-    root = cls(raw, iface, membrane)
-    membrane._root = weakref.ref(root)
-    if membrane.revoked:
-        root._cb_raw = None
-    return root
+def _new_root(cls: type, raw: Any, iface: Interface, revokers: frozenset[Revoker],
+              beneath: tuple[_Layer, ...] = ()) -> Any:
+    layer = _Layer(raw, iface, cls)
+    membrane = Membrane(revokers, (layer, *beneath), own=True)
+    return membrane._root()
 
 
 def facet(obj: Any, *names: str) -> Facet:
@@ -337,8 +411,9 @@ def facet(obj: Any, *names: str) -> Facet:
     if not names:
         raise ValueError("facet() needs at least one name to expose")
     if isinstance(obj, Bound):
-        return _root(Facet, obj._cb_raw, _narrow(obj._cb_iface, names), obj._cb_membrane.revokers)
-    return _root(Facet, obj, _facet_interface(obj, names), frozenset())
+        m = obj._cb_membrane
+        return _new_root(Facet, obj._cb_raw, _narrow(obj._cb_iface, names), m.revokers, m.layers)
+    return _new_root(Facet, obj, _facet_interface(obj, names), frozenset())
 
 
 def revocable(obj: Any) -> tuple[Revocable, Callable[[], None]]:
@@ -351,7 +426,8 @@ def revocable(obj: Any) -> tuple[Revocable, Callable[[], None]]:
     """
     revoker = Revoker()
     if isinstance(obj, Bound):
-        cap = _root(Revocable, obj._cb_raw, obj._cb_iface, obj._cb_membrane.revokers | {revoker})
+        m = obj._cb_membrane
+        cap = _new_root(Revocable, obj._cb_raw, obj._cb_iface, m.revokers | {revoker}, m.layers)
     else:
         iface = interface_of(obj)
         if iface is None:
@@ -359,7 +435,7 @@ def revocable(obj: Any) -> tuple[Revocable, Callable[[], None]]:
                 f"revocable(): {type(obj).__name__} exposes nothing; mark members with @expose "
                 "or wrap it with facet(obj, 'name', ...) first"
             )
-        cap = _root(Revocable, obj, iface, frozenset({revoker}))
+        cap = _new_root(Revocable, obj, iface, frozenset({revoker}))
     return cap, revoker.revoke
 
 

@@ -16,7 +16,8 @@ CALL       ``qid`` u64, ``parent`` u64, ``target``     ``(name, args, kwargs)``
            u64, ``op`` u8
 RETURN     ``qid`` u64                                 the value
 RAISE      ``qid`` u64                                 exception data (``_errors_data``)
-RELEASE    -                                           ``((export_id, count), ...)``
+RELEASE    -                                           ``((export_id, count), ...)``;
+                                                       ``(0, key)``: forget a key
 HELLO      ``version`` u32                             the sandbox's start-up report
 =========  ==========================================  =============================
 
@@ -24,9 +25,12 @@ HELLO      ``version`` u32                             the sandbox's start-up re
 call is nested in (0 when none), so the receiver can serve it on the thread waiting
 for that answer; ``target`` is one of the receiver's exports (0 is the sandbox
 runtime); ``op`` says what to do with it (see :class:`Op`). RELEASE says the sender
-dropped that many references to each of the receiver's exports. Decoded messages
-are tuples: ``(tag, qid, parent, target, op, name, args, kwargs)``, ``(tag, qid,
-value)``, ``(tag, qid, error)``, ``(tag, pairs)`` and ``(tag, version, report)``.
+dropped that many references to each of the receiver's exports, and with a pair
+``(0, key)`` that the sender no longer exports anything of interface ``key`` (the
+receiver drops its proxy class for it; a later reference comes with a new key).
+Decoded messages are tuples: ``(tag, qid, parent, target, op, name, args,
+kwargs)``, ``(tag, qid, value)``, ``(tag, qid, error)``, ``(tag, pairs)`` and
+``(tag, version, report)``.
 """
 
 from __future__ import annotations
@@ -239,7 +243,7 @@ def check_release(pairs: Any) -> tuple:
     for pair in pairs:
         if type(pair) is not tuple or len(pair) != 2:
             raise _bad("RELEASE pair must be (id, count)")
-        _check_id(pair[0], "RELEASE id")
+        _check_id(pair[0], "RELEASE id", zero_ok=True)  # (0, key): forget interface key
         _check_id(pair[1], "RELEASE count")
     return pairs
 

@@ -518,6 +518,7 @@ class Sandbox:
 
     def _on_fatal(self, cause: BaseException) -> BaseException:
         """Turn the low-level reason a channel died into the error users see; kill."""
+        self._enforcer = None  # it holds this sandbox's methods: a cycle once nothing fires
         if self._closed:
             return SandboxError("this sandbox is closed")
         if isinstance(cause, (MemoryLimitExceeded, CPULimitExceeded, SandboxTimeout)):

@@ -7,8 +7,9 @@ their peer differently, so each is its own class over this shared base:
 exposure rules, membranes) and :class:`~capbridge._sandbox_session.SandboxSession`
 trusts the host. The thin I/O layer (:mod:`capbridge._channel`) moves the bodies.
 
-Shared here: the four tables, the interface keys of our exports and the proxy
-classes of the peer's, releases, batched iteration and the counters.
+Shared here: the tables (exports with their interface keys, imports, the proxy
+classes of the peer's interfaces, questions, answers), releases, batched iteration
+and the counters.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ._errors import ProtocolError
 from ._expose import Interface, Member
 from ._protocol import ANSWER_HEADER, CALL_HEADER, Tag
 from ._proxy import ITER_BATCH, InterfaceDesc, Proxy, build_proxy_class, new_proxy
-from ._tables import Tables
+from ._tables import FORGET, Tables
 
 __all__ = ["Session", "AuditEvent", "IterBatches", "ITER_IFACE", "MAX_INTERFACES"]
 
@@ -31,7 +32,7 @@ _pack_call = CALL_HEADER.pack
 _pack_answer = ANSWER_HEADER.pack
 _RELEASE_BYTE = bytes((_RELEASE_T,))
 
-#: Interfaces one peer may describe over a connection's life (each becomes a class).
+#: Interfaces of one peer in use at once on a connection (each becomes a class).
 MAX_INTERFACES = 4096
 
 
@@ -107,11 +108,6 @@ class Session:
         self.tables = Tables()
         self._export_of = self.tables.exports.get
         self.channel: Any = None  # the I/O layer proxies call through
-        #: Our interfaces the peer knows, by key; weak, so a facet's interface goes with it.
-        self._iface_keys: "weakref.WeakKeyDictionary[Interface, int]" = weakref.WeakKeyDictionary()
-        self._iface_sent: set[int] = set()
-        self._next_iface = 1
-        self._peer_classes: dict[int, type] = {}
         self.calls_in = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -119,21 +115,12 @@ class Session:
     # ------------------------------------------------------------------ our exports
 
     def interface_key(self, iface: Interface, pending: list[int] | None) -> tuple[int, bool]:
-        """The key of ``iface`` on this connection and whether the peer needs its
-        descriptor (it has not been sent, nor queued in ``pending`` for this body)."""
-        key = self._iface_keys.get(iface)
-        if key is None:
-            key = self._next_iface
-            self._next_iface += 1
-            self._iface_keys[iface] = key
-        if key in self._iface_sent or (pending is not None and key in pending):
-            return key, False
-        if pending is not None:
-            pending.append(key)
-        return key, True
+        """The key of ``iface`` (an export of it was just made) and whether the peer
+        needs its descriptor (not sent yet, nor queued in ``pending`` for this body)."""
+        return self.tables.exports.describe(iface, pending)
 
     def interfaces_sent(self, keys: list[int]) -> None:
-        self._iface_sent.update(keys)
+        self.tables.exports.mark_sent(keys)
 
     # ------------------------------------------------------------------ the peer's exports
 
@@ -142,15 +129,16 @@ class Session:
 
     def import_ref(self, eid: int, key: int, desc: Any) -> Proxy:
         """The proxy for the peer's export ``eid`` of interface ``key``."""
-        cls = self._peer_classes.get(key)
+        classes = self.tables.peer_classes
+        cls = classes.get(key)
         if desc is not None:
             if cls is not None:
                 raise ProtocolError(f"interface {key} described twice")
-            if len(self._peer_classes) >= MAX_INTERFACES:
-                raise ProtocolError(f"more than {MAX_INTERFACES} interfaces described on one connection")
+            if len(classes) >= MAX_INTERFACES:
+                raise ProtocolError(f"more than {MAX_INTERFACES} interfaces in use on one connection")
             self._check_descriptor(desc)
             cls = build_proxy_class(InterfaceDesc(desc), trusted=self.trusted_peer)
-            self._peer_classes[key] = cls
+            classes[key] = cls
         elif cls is None:
             raise ProtocolError(f"reference to undescribed interface {key}")
         chan = self.channel
@@ -165,7 +153,9 @@ class Session:
     def handle_release(self, pairs: tuple) -> None:
         exports = self.tables.exports
         for eid, count in pairs:
-            if not exports.release(eid, count):
+            if eid == FORGET:  # the peer forgot interface key ``count``: so do we
+                self.tables.peer_classes.pop(count, None)
+            elif not exports.release(eid, count):
                 self._bad_release(eid, count)
 
     def _bad_release(self, eid: int, count: int) -> None:
@@ -179,11 +169,12 @@ class Session:
     def end_answer(self, saved: Any) -> None:
         return None
 
+    def connection_lost(self) -> None:
+        """The channel is dead: let go of everything the peer could reach or send."""
+        self.tables.clear()
+
     def stats(self) -> dict[str, int]:
-        out = self.tables.stats()
-        out["interfaces"] = len(self._iface_keys)
-        out["peer_interfaces"] = len(self._peer_classes)
-        return out
+        return self.tables.stats()
 
 
 def _make(cls: type, chan: Any, entry: Any) -> Proxy:

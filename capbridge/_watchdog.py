@@ -41,6 +41,7 @@ def _run() -> None:
                         due.append((chan, qid))
                     elif deadline < soonest:
                         soonest = deadline
+            chan = None  # a sleeping watchdog must not keep the last channel alive
             if not due:
                 next_wake = soonest
                 _cond.wait(None if soonest == _INF else soonest - now)
@@ -53,6 +54,7 @@ def _run() -> None:
                     fire(qid)
                 except Exception:  # pragma: no cover - must not stop the thread
                     pass
+        chan = fire = due = None  # type: ignore[assignment]
 
 
 def watch(chan: Any) -> None:

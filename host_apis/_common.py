@@ -139,8 +139,9 @@ def parse_mode(mode: str) -> OpenMode:
 class Quota:
     """Counts bytes written and files created against optional limits.
 
-    Nothing is credited back: ``max_bytes`` bounds the bytes ever written (plus growth
-    by ``truncate``), ``max_files`` the files and directories ever created.
+    Nothing is credited back: ``max_bytes`` bounds the bytes ever written (plus what
+    files grew by otherwise: the hole of a write past the end, ``truncate``),
+    ``max_files`` the files and directories ever created.
     """
 
     def __init__(self, max_bytes: int | None, max_files: int | None) -> None:

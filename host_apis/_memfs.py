@@ -68,7 +68,9 @@ class MemoryFile(FileBase):
             if self._mode.append:
                 self._pos = len(node.data)
             end = self._pos + len(data)
-            self._fs._charge(end - len(node.data), self._name)
+            # Only growth is charged (a hole past the end included); overwriting
+            # inside the file changes nothing the tree holds.
+            self._fs._charge(max(0, end - len(node.data)), self._name)
             if self._pos > len(node.data):
                 node.data.extend(bytes(self._pos - len(node.data)))
             node.data[self._pos : end] = data

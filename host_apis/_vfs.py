@@ -117,7 +117,10 @@ class HostFile(FileBase):
             rethrow(e, self._name)
 
     def _write(self, data: bytes) -> int:
-        self._quota.charge_bytes(len(data), self._name)
+        # Charged before a byte is written: the data, plus the hole a write past the
+        # end leaves (the file's size grows by it even though it reads as zeros).
+        gap = 0 if self._mode.append else max(0, self._seek(0, 1) - self._size())
+        self._quota.charge_bytes(gap + len(data), self._name)
         view = memoryview(data)
         try:
             while view:

@@ -165,3 +165,32 @@ def test_open_handle_survives_remove():
     f = fs.open("/a")
     fs.remove("/a")
     assert f.read() == b"data"
+
+
+def test_quota_overwriting_refunds_nothing():
+    """Overwriting inside a file must not lower what the tree is charged."""
+    fs = MemoryFS(max_bytes=10)
+    with fs.open("/a", "wb") as f:
+        f.write(b"0123456789")
+        f.seek(0)
+        f.write(b"x")
+        assert fs.usage()["bytes_used"] == 10
+        f.seek(10)
+        with pytest.raises(OSError) as info:
+            f.write(b"more")  # the tree is full
+        assert info.value.errno == errno.EDQUOT
+    assert fs.read_bytes("/a") == b"x123456789"
+
+
+def test_quota_charges_the_hole_a_write_past_the_end_leaves():
+    fs = MemoryFS(max_bytes=65536)
+    with fs.open("/a", "wb") as f:
+        f.seek(200 * 1024 * 1024)
+        with pytest.raises(OSError) as info:
+            f.write(b"x")
+        assert info.value.errno == errno.EDQUOT
+        with pytest.raises(OSError):
+            f.truncate(70_000)
+        f.seek(1000)
+        f.write(b"x")  # control: a hole within the quota
+    assert len(fs.read_bytes("/a")) == 1001 and fs.usage()["bytes_used"] == 1001

@@ -91,10 +91,50 @@ def test_target_iface_and_membrane_are_kept():
     assert e.obj is wrapper and e.target is target and e.iface == "IFACE" and e.membrane == "MEMBRANE"
 
 
-def test_a_plain_export_is_never_revoked():
-    t = ExportTable()
-    a = Obj()
-    assert not t.export(a, a, None).revoked
+def _iface(name="I"):
+    from capbridge._expose import Interface
+
+    return Interface(name=name, doc="", methods={}, properties={}, dunders={})
+
+
+def test_interface_keys_live_while_an_export_uses_them():
+    out: list = []
+    t = ExportTable(out)
+    i, j = _iface("I"), _iface("J")
+    a, b, c = Obj(), Obj(), Obj()
+    ea, eb, ec = t.export(a, a, i), t.export(b, b, i), t.export(c, c, j)
+    assert ea.key == eb.key != ec.key and t.interfaces() == 2
+    assert t.describe(i, []) == (ea.key, True)
+    pending: list = []
+    assert t.describe(i, pending) == (ea.key, True) and t.describe(i, pending) == (ea.key, False)
+    t.mark_sent(pending)
+    assert t.describe(i, []) == (ea.key, False)  # the peer has it now
+    assert t.release(ea.id, 1) and t.release(eb.id, 1)
+    assert out == [] and t.interfaces() == 2  # kept while something is exported
+    again = t.export(a, a, i)
+    assert again.key == ea.key and t.describe(i, []) == (ea.key, False)  # not described again
+    assert t.release(ec.id, 1) and t.interfaces() == 1  # j was never sent: gone, silently
+    assert t.release(again.id, 1)
+    assert out == [(0, ea.key)] and t.interfaces() == 0  # the table is empty: all forgotten
+    fresh = t.export(a, a, i)
+    assert fresh.key not in (ea.key, ec.key)  # a key is never reused
+    assert t.describe(i, []) == (fresh.key, True)
+
+
+def test_idle_interface_keys_are_bounded():
+    from capbridge._tables import MAX_IDLE_KEYS
+
+    out: list = []
+    t = ExportTable(out)
+    keep = Obj()
+    t.export(keep, keep, _iface("Keep"))
+    for n in range(MAX_IDLE_KEYS + 10):
+        o, iface = Obj(), _iface(f"I{n}")
+        e = t.export(o, o, iface)
+        t.mark_sent([e.key])
+        t.release(e.id, 1)
+    assert t.interfaces() == MAX_IDLE_KEYS + 1
+    assert len(out) == 10 and out[0] == (0, 2)  # the oldest went first, and the peer was told
 
 
 def test_export_is_thread_safe():
@@ -187,7 +227,8 @@ def test_take_releases_collects_many():
 
 def test_tables_stats_and_qids():
     tables = Tables()
-    assert tables.stats() == {"exports": 0, "imports": 0, "questions": 0, "answers": 0}
+    assert tables.stats() == {"exports": 0, "imports": 0, "questions": 0, "answers": 0,
+                              "interfaces": 0, "peer_interfaces": 0}
     ids = [tables.next_qid() for _ in range(5)]
     assert ids == sorted(set(ids)) and ids[0] >= 1
 
@@ -346,3 +387,25 @@ def test_pair_host_end_is_the_checked_decoder(the_pair):
 
     with pytest.raises(ProtocolError, match="forbidden pickle opcode GLOBAL"):
         the_pair.host_session.decode(H.call_with(H.global_call("os", "system", H.s("true"))))
+
+
+def test_a_peer_that_forgets_an_interface_must_describe_it_again():
+    """(0, key) release pairs from a hostile sandbox only ever shrink the host's state."""
+    from capbridge import ProtocolError
+    from capbridge._host_session import HostSession
+    from capbridge._protocol import check_release
+
+    s = HostSession()
+    desc = (*_iface("Thing").describe(), True)
+    first = s.import_ref(1, 7, desc)
+    assert s.stats()["peer_interfaces"] == 1
+    s.handle_release(check_release(((0, 7), (0, 12345))))  # one known key, one never described
+    assert s.stats()["peer_interfaces"] == 0
+    assert type(first).__name__ == "Thing"  # proxies already made keep their class
+    with pytest.raises(ProtocolError, match="undescribed interface 7"):
+        s.import_ref(2, 7, None)  # a sandbox that forgot a key must describe it again
+    s.import_ref(2, 7, desc)
+    assert s.stats()["peer_interfaces"] == 1
+    for bad in (((0, 0),), ((-1, 7),)):
+        with pytest.raises(ProtocolError):
+            check_release(bad)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 import threading
 import time
 
@@ -481,3 +482,70 @@ def test_nested_mounts(tree, resolver):
             v.open("/a/x", "wb")
     finally:
         v.close()
+
+
+HOLE = 200 * 1024 * 1024
+
+
+def test_quota_charges_the_hole_a_write_past_the_end_leaves(tree, resolver):
+    v = VirtualFS({"/out": Mount(str(tree / "rw"), writable=True, max_bytes=65536)})
+    try:
+        with v.open("/out/sparse", "wb") as f:
+            f.seek(HOLE)
+            with pytest.raises(OSError) as info:
+                f.write(b"x")
+            assert info.value.errno == errno.EDQUOT
+        st = os.stat(tree / "rw" / "sparse")
+        assert st.st_size == 0 and st.st_blocks == 0  # nothing was allocated
+        assert v.usage("/out")["bytes_written"] == 0
+        with v.open("/out/sparse", "r+b") as f:  # control: a hole within the quota
+            f.seek(1000)
+            f.write(b"x")
+        assert v.usage("/out")["bytes_written"] == 1001
+        with v.open("/out/sparse", "ab") as f:  # appending leaves no hole
+            f.seek(50_000)
+            f.write(b"y")
+        assert v.usage("/out")["bytes_written"] == 1002
+        with v.open("/out/sparse", "r+b") as f:
+            with pytest.raises(OSError) as info:
+                f.truncate(HOLE)  # growth by truncate counts the same way
+            assert info.value.errno == errno.EDQUOT
+            f.truncate(2000)
+        assert os.stat(tree / "rw" / "sparse").st_size == 2000
+        assert v.usage("/out")["bytes_written"] == 2000
+    finally:
+        v.close()
+
+
+@pytest.mark.parametrize("kind", ["VirtualFS", "MemoryFS"])
+def test_sandbox_cannot_get_past_a_file_quota(tree, kind):
+    """The attack as sandbox code through the file shim (open/seek/write)."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from conftest import make_sandbox
+
+    from host_apis import MemoryFS
+
+    if kind == "VirtualFS":
+        fs = VirtualFS({"/out": Mount(str(tree / "rw"), writable=True, max_bytes=65536)})
+    else:
+        fs = MemoryFS({"/out/keep": b""}, max_bytes=65536)
+    sb = make_sandbox({"fs": fs})
+    try:
+        sb.exec(f"import errno\nf = open('/out/big', 'wb')\nf.seek({HOLE})\n"
+                "try:\n    f.write(b'x')\n    f.flush()\n    verdict = 'written'\n"
+                "except OSError as exc:\n    verdict = errno.errorcode[exc.errno]\n"
+                "try:\n    f.close()\nexcept OSError:\n    pass\n"
+                "size = __import__('os').stat('/out/big').st_size")
+        assert sb.eval("verdict") == "EDQUOT"
+        assert sb.eval("size") == 0
+        # Overwriting the start of a full file must not make room for more.
+        sb.exec("f = open('/out/full', 'wb', buffering=0)\nf.write(b'a' * 60000)\nf.seek(0)\nf.write(b'b')\n"
+                "f.seek(0, 2)\ntry:\n    f.write(b'c' * 60000)\n    verdict = 'written'\n"
+                "except OSError as exc:\n    verdict = errno.errorcode[exc.errno]\n"
+                "f.close()\nsize = __import__('os').stat('/out/full').st_size")
+        assert sb.eval("verdict") == "EDQUOT"
+        assert sb.eval("size") == 60000
+    finally:
+        sb.close()
+        if kind == "VirtualFS":
+            fs.close()
