@@ -94,14 +94,14 @@ def pin_pid(pid: int, cpu: int | None) -> None:
 class spawning_on:
     """Threads and processes started inside inherit ``cpu`` (main thread is re-pinned after)."""
 
-    def __init__(self, cpu: int, host_cpu: int) -> None:
+    def __init__(self, cpu: int | None, host_cpu: int | None) -> None:
         self.cpu, self.host_cpu = cpu, host_cpu
 
     def __enter__(self):
-        os.sched_setaffinity(0, {self.cpu})
+        os.sched_setaffinity(0, set(ALL_CPUS) if self.cpu is None else {self.cpu})
 
     def __exit__(self, *exc):
-        os.sched_setaffinity(0, {self.host_cpu})
+        os.sched_setaffinity(0, set(ALL_CPUS) if self.host_cpu is None else {self.host_cpu})
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -478,7 +478,7 @@ def start_contenders(cpu: int, host_cpu: int) -> dict:
             live[key] = "failed"
     # Threads started by the contenders (Pyro daemon, manager server...) run on the host CPU.
     pin_pid(0, host_cpu)
-    os.sched_setaffinity(0, {host_cpu})
+    os.sched_setaffinity(0, set(ALL_CPUS) if host_cpu is None else {host_cpu})
     return live
 
 
@@ -697,18 +697,22 @@ def main(argv=None) -> int:
         rev = ""
     print("peers: " + ", ".join(versions) + (f"; capbridge at git {rev}" if rev else ""))
 
-    placements = [("same CPU", host_cpu)]
+    # (name, CPU of the peers, CPU of the host): pinned together, pinned apart, and as an
+    # application runs - nothing pinned, the kernel places both.
+    placements = [("same CPU", host_cpu, host_cpu)]
     if other_cpu is not None:
-        placements.append(("cross CPU", other_cpu))
+        placements.append(("cross CPU", other_cpu, host_cpu))
+        placements.append(("unpinned", None, None))
     lat: dict = {}
     bulk: dict = {}
     status: dict = {}
     if sections & {"latency", "bulk"}:
-        pin_pid(0, host_cpu)
-        os.sched_setaffinity(0, {host_cpu})
-        for pname, cpu in placements:
-            print(f"... {pname}: host on CPU {host_cpu}, peers on CPU {cpu}", flush=True)
-            live = start_contenders(cpu, host_cpu)
+        for pname, cpu, hcpu in placements:
+            pin_pid(0, hcpu)
+            os.sched_setaffinity(0, set(ALL_CPUS) if hcpu is None else {hcpu})
+            where = "nothing pinned" if cpu is None else f"host on CPU {hcpu}, peers on CPU {cpu}"
+            print(f"... {pname}: {where}", flush=True)
+            live = start_contenders(cpu, hcpu)
             try:
                 for k, c in live.items():
                     status[k] = c if isinstance(c, str) else None
@@ -726,7 +730,7 @@ def main(argv=None) -> int:
     names = {"pickle": "pickle loop (baseline)", "capbridge": "capbridge (strict)",
              "capbridge-none": "capbridge (none)", "rpyc": "RPyC", "pyro5": "Pyro5",
              "managers": "multiprocessing.managers"}
-    pnames = [p for p, _ in placements]
+    pnames = [p for p, _, _ in placements]
 
     if lat:
         print(f"\nLatency: {reps} reps x {batch} calls per contender and direction (after {warm} warm-up), "

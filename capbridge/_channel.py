@@ -52,6 +52,8 @@ _monotonic = time.monotonic
 _get_ident = threading.get_ident
 _os_write = os.write
 _os_readv = os.readv
+_os_read = os.read
+_UNREAD: Any = object()
 _NCPU = os.cpu_count() or 1
 
 
@@ -59,12 +61,6 @@ class ChannelClosed(SandboxError):
     """The channel was closed by this side."""
 
 
-class _Waiter:
-    __slots__ = ("inbox", "qid")
-
-    def __init__(self, qid: int) -> None:
-        self.inbox: list = []
-        self.qid = qid
 
 
 class _Local(threading.local):
@@ -98,9 +94,6 @@ class Channel:
         self.wfd = wfd
         self._reader = FrameReader(session.max_frame)
         self._max_frame = session.max_frame
-        rbuf = bytearray(_READ_SIZE)
-        self._rbuf = rbuf
-        self._rbufs = [rbuf]
         self._send_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
@@ -234,16 +227,12 @@ class Channel:
         lock = self._send_lock
         if plain and not self._pending:
             # The common case: one small frame, one write.
-            body = session.encode_plain(msg)
             lock.acquire()
             try:
-                if len(body) < _SMALL:
-                    data = _pack(len(body)) + body
-                    n = _os_write(self.wfd, data)
-                    if n != len(data):  # pragma: no cover - a signal cut the write short
-                        self._write(memoryview(data)[n:])
-                else:
-                    self._write_frame(body)
+                data = session.plain_frame(msg)
+                n = _os_write(self.wfd, data)
+                if n != len(data):  # a large frame, or a signal cut the write short
+                    self._write(memoryview(data)[n:])
             except OSError as exc:
                 raise self.fail(exc) from None
             finally:
@@ -278,9 +267,9 @@ class Channel:
             raise _detached(self._dead)
         local = self._local
         qid = self._next_qid()
-        waiter = _Waiter(qid)
+        inbox: list = []  # what is routed to this call: its answer, calls nested in it
         questions = self._questions
-        questions[qid] = waiter
+        questions[qid] = inbox
         depth = -1
         armed = 0
         timed = None
@@ -312,11 +301,23 @@ class Channel:
                         break
             self.calls_out += 1  # first: output the call makes is counted against it
             try:
-                self._send(msg, scalar)
+                if scalar and not self._pending:
+                    # The common case, written out: one small frame, one write.
+                    lock = self._send_lock
+                    lock.acquire()
+                    try:
+                        data = self.session.plain_frame(msg)
+                        n = _os_write(self.wfd, data)
+                        if n != len(data):
+                            self._write(memoryview(data)[n:])
+                    finally:
+                        lock.release()
+                else:
+                    self._send(msg, scalar)
             except CapbridgeError:
                 self.calls_out -= 1  # it could not be encoded: nothing was sent
                 raise
-            reply = self._wait(waiter)
+            reply = self._wait(inbox, qid, stack)
         except OSError as exc:
             raise _detached(self.fail(exc)) from None
         except BaseException as exc:
@@ -416,28 +417,34 @@ class Channel:
 
     def answered(self, qid: int) -> bool:
         """Whether ``qid`` has its answer (taken already, or waiting in its inbox)."""
-        waiter = self._questions.get(qid)
-        if waiter is None:
+        inbox = self._questions.get(qid)
+        if inbox is None:
             return True
-        for msg in list(waiter.inbox):
+        for msg in list(inbox):
             if msg[0] != _CALL_T:
                 return True
         return False
 
     def serve_forever(self) -> None:
         """Serve the peer's calls until the channel ends (the sandbox's main loop)."""
-        self._wait(_Waiter(0))
+        self._wait([], 0)
 
-    def _wait(self, waiter: _Waiter) -> tuple:
-        inbox = waiter.inbox
+    def _wait(self, inbox: list, qid: int, stack: list | None = None) -> tuple:
+        """Serve what the peer sends until the answer to ``qid`` comes (``inbox``
+        is where it is routed; ``stack``: this thread's serving stack)."""
         top = self._top
         read_lock = self._read_lock
-        qid = waiter.qid
+        reader = self._reader
+        if stack is None:
+            local = self._local
+            stack = local.serving
+            if stack is None:
+                stack = local.serving = []
         while True:
             while inbox:
                 msg = inbox.pop(0)
                 if msg[0] == _CALL_T:
-                    self._serve(msg)
+                    self._serve(msg, stack)
                 else:
                     return msg
             if top:
@@ -446,33 +453,49 @@ class Channel:
                 except IndexError:
                     pass
                 else:
-                    self._serve(msg)
+                    self._serve(msg, stack)
                     continue
             if self._dead is not None:
                 raise self._dead
             if read_lock.acquire(False):
+                msgs = None
                 try:
-                    msgs = self._read_messages()
+                    if reader.idle:
+                        # The common case, written out: one read brings one whole frame.
+                        try:
+                            data = _os_read(self.rfd, _READ_SIZE)
+                        except InterruptedError:
+                            data = None
+                        if data is not None and len(data) >= 4 and _unpack_from(data)[0] + 4 == len(data) \
+                                and len(data) <= self._max_frame:
+                            msg = self.session.decode(data, 4)
+                        else:
+                            msgs = self._read_messages(data)
+                    else:
+                        msgs = self._read_messages()
                 except BaseException as exc:
                     read_lock.release()
                     raise self.fail(_as_error(exc)) from None
                 read_lock.release()
-                if len(msgs) == 1 and not self._nwaiting:
-                    msg = msgs[0]
-                    tag = msg[0]
-                    if tag == _RETURN_T or tag == _RAISE_T:
-                        if msg[1] == qid:
-                            return msg
-                    elif tag == _CALL_T and (not msg[2] or msg[2] == qid):
-                        self._serve(msg)  # top-level, or nested in the call we wait for
-                        continue
+                if msgs is None or len(msgs) == 1 and not self._nwaiting:
+                    if msgs is not None:
+                        msg = msgs[0]
+                    if not self._nwaiting:
+                        tag = msg[0]
+                        if tag == _RETURN_T or tag == _RAISE_T:
+                            if msg[1] == qid:
+                                return msg
+                        elif tag == _CALL_T and (not msg[2] or msg[2] == qid):
+                            self._serve(msg, stack)  # top-level, or nested in the call we wait for
+                            continue
+                    msgs = [msg]
                 for msg in msgs:
-                    self._route(msg, waiter)
+                    self._route(msg, inbox)
                 if self._nwaiting:
                     with self._cond:
                         self._cond.notify_all()
                 if self._interrupt is not None:
-                    self._abandon(waiter)
+                    self._abandon(inbox, qid)
             else:
                 with self._cond:
                     self._nwaiting += 1
@@ -482,16 +505,16 @@ class Channel:
                     finally:
                         self._nwaiting -= 1
                 if self._interrupt is not None:
-                    self._abandon(waiter)
+                    self._abandon(inbox, qid)
 
-    def _route(self, msg: tuple, me: _Waiter) -> None:
+    def _route(self, msg: tuple, me: list | None) -> None:
         tag = msg[0]
         if tag == _CALL_T:
             target = self._questions.get(msg[2]) if msg[2] else None
             if target is None:
                 self._top.append(msg)
             else:
-                target.inbox.append(msg)
+                target.append(msg)
             if target is not me and self._nwaiting:
                 with self._cond:
                     self._cond.notify_all()
@@ -502,7 +525,7 @@ class Channel:
                 if self._trusted:
                     return  # a late answer to a question an interrupt made us give up
                 raise self.fail(ProtocolError(f"answer to unknown question {msg[1]}"))
-            w.inbox.append(msg)
+            w.append(msg)
             if w is not me and self._nwaiting:
                 with self._cond:
                     self._cond.notify_all()
@@ -515,17 +538,19 @@ class Channel:
             return
         raise self.fail(ProtocolError(f"unexpected message tag {tag!r:.20}"))
 
-    def _serve(self, msg: tuple) -> None:
+    def _serve(self, msg: tuple, stack: list | None = None) -> None:
+        """Run the peer's CALL ``msg`` and send its answer (``stack``: this thread's
+        serving stack, when the caller has it at hand)."""
         session = self.session
         qid = msg[1]
-        local = self._local
-        stack = local.serving
         if stack is None:
-            stack = local.serving = []
+            local = self._local
+            stack = local.serving
+            if stack is None:
+                stack = local.serving = []
         stack.append(qid)
         answers = session.tables.answers
         answers[qid] = True
-        saved = None if self._trusted else session.begin_answer()
         try:
             try:
                 result = session.dispatch(msg)
@@ -537,14 +562,26 @@ class Channel:
                 self._reply_error(qid, exc)
                 return
             try:
-                self._send((_RETURN_T, qid, result), type(result) in _SCALARS)
+                if type(result) in _SCALARS and not self._pending:
+                    # The common case, written out: one small frame, one write.
+                    lock = self._send_lock
+                    lock.acquire()
+                    try:
+                        data = session.plain_frame((_RETURN_T, qid, result))
+                        n = _os_write(self.wfd, data)
+                        if n != len(data):
+                            self._write(memoryview(data)[n:])
+                    except OSError as exc:
+                        raise self.fail(exc) from None
+                    finally:
+                        lock.release()
+                else:
+                    self._send((_RETURN_T, qid, result), type(result) in _SCALARS)
             except CapbridgeError as exc:
                 if self._dead is not None:
                     raise
                 self._reply_error(qid, exc)
         finally:
-            if saved is not None:
-                session.end_answer(saved)
             stack.pop()
             del answers[qid]
 
@@ -586,20 +623,20 @@ class Channel:
         if self._take_interrupt():
             raise CallTimeout(_INTERRUPTED)
 
-    def _abandon(self, waiter: _Waiter) -> None:
-        """Give up waiting for ``waiter``'s answer if an interrupt is due.
+    def _abandon(self, inbox: list, qid: int) -> None:
+        """Give up waiting for the answer to ``qid`` if an interrupt is due.
 
         Calls nested in that question go to the shared queue, so they are still
         served; the answer, when it comes, is dropped.
         """
-        for msg in waiter.inbox:
+        for msg in inbox:
             if msg[0] != _CALL_T:
                 return  # the answer is here: call() raises once it has taken it
-        if not waiter.qid or not self._take_interrupt():
+        if not qid or not self._take_interrupt():
             return
-        if waiter.inbox:
-            self._top.extend(waiter.inbox)
-            waiter.inbox.clear()
+        if inbox:
+            self._top.extend(inbox)
+            inbox.clear()
             if self._nwaiting:
                 with self._cond:
                     self._cond.notify_all()
@@ -640,28 +677,36 @@ class Channel:
 
     # ------------------------------------------------------------------ reading
 
-    def _read_messages(self) -> list[tuple]:
+    def _read_messages(self, data: Any = _UNREAD) -> list[tuple]:
+        """Read at least one whole frame and decode every whole frame read.
+
+        ``data``: what a read the caller already made brought (None when that read
+        was interrupted).
+        """
         reader = self._reader
         decode = self.session.decode
-        if not reader.buffered():
+        if reader.idle:
             # Fast path: one read brings exactly one whole frame.
-            try:
-                n = _os_readv(self.rfd, self._rbufs)
-            except InterruptedError:
-                n = -1
-            if n == 0:
-                raise EOFError("the peer closed the channel")
-            if n > 0:
-                rbuf = self._rbuf
+            if data is _UNREAD:
+                try:
+                    data = _os_read(self.rfd, _READ_SIZE)
+                except InterruptedError:
+                    data = None
+            if data is not None:
+                n = len(data)
+                if not n:
+                    raise EOFError("the peer closed the channel")
                 if n >= 4:
-                    size = _unpack_from(rbuf)[0]
+                    size = _unpack_from(data)[0]
                     if size + 4 == n and size <= self._max_frame:
-                        return [decode(rbuf[4:n])]
+                        return [decode(data, 4)]
                     if size + 4 > n and size <= self._max_frame:
                         # One large frame: read the rest straight into a buffer of
                         # its (already checked) size instead of growing one.
-                        return [decode(self._read_large(size, rbuf[4:n]))]
-                reader.feed(rbuf[:n])
+                        return [decode(self._read_large(size, memoryview(data)[4:]))]
+                reader.feed(data)
+        elif data is not None and data is not _UNREAD:
+            reader.feed(data)
         msgs: list[tuple] = []
         while True:
             body = reader.next_frame()
@@ -672,11 +717,7 @@ class Channel:
                 return msgs
             want = reader.wanted()
             try:
-                if want > _READ_SIZE:
-                    data = os.read(self.rfd, min(want, 1 << 24))
-                else:
-                    n = _os_readv(self.rfd, self._rbufs)
-                    data = self._rbuf[:n]
+                data = _os_read(self.rfd, min(max(want, _READ_SIZE), 1 << 24))
             except InterruptedError:
                 continue
             if not data:

@@ -269,47 +269,63 @@ def _scalar(body: Any, i: int, n: int) -> tuple[Any, int]:
 _NO: Any = object()
 
 
-def _frame_start(body: Any, start: int, n: int) -> int:
-    """Offset after PROTO 5 and a FRAME covering the rest; -1 if the head is otherwise."""
-    if body[start] != 0x80 or body[start + 1] != 5:
-        return -1
-    i = start + 2
-    if body[i] == 0x95:
-        if n - i < 10 or _unpack_Q(body, i + 1)[0] != n - i - 9:
-            return -1
-        i += 9
-    return i
-
-
-def small_answer(body: Any, start: int) -> Any:
-    """The value of a payload that is one scalar, or ``NOT_SMALL``."""
-    n = len(body)
+def small_answer(body: Any, start: int, n: int) -> Any:
+    """The value of a payload that is one scalar, or ``NOT_SMALL`` (``n`` = len(body))."""
     try:
-        i = _frame_start(body, start, n)
-        if i < 0:
+        if body[start] != 0x80 or body[start + 1] != 5:
             return NOT_SMALL
-        value, i = _scalar(body, i, n)
-        if value is _NO or i != n - 1 or body[i] != 0x2E:
+        i = start + 2
+        op = body[i]
+        if op == 0x95:  # FRAME: it must cover exactly the rest
+            if _unpack_Q(body, i + 1)[0] != n - i - 9:
+                return NOT_SMALL
+            i += 9
+            op = body[i]
+        if op == 0x4B:
+            value: Any = body[i + 1]
+            i += 2
+        elif op == 0x4E and i + 2 == n:
+            return None
+        else:
+            value, i = _scalar(body, i, n)
+            if value is _NO:
+                return NOT_SMALL
+        if i != n - 1 or body[i] != 0x2E:
             return NOT_SMALL
         return value
     except (IndexError, struct.error, UnicodeDecodeError):
         return NOT_SMALL
 
 
-def small_call(body: Any, start: int) -> tuple | None:
+#: Names kept per connection by small_call (a hostile peer can only fill it).
+MAX_NAMES = 512
+
+
+def small_call(body: Any, start: int, n: int, names: dict | None = None) -> tuple | None:
     """``(name, args, {})`` of a CALL payload whose name is a str or None and whose
-    arguments are a few scalars and no keywords; None for any other payload."""
-    n = len(body)
+    arguments are a few scalars and no keywords; None for any other payload
+    (``n`` = len(body)). ``names`` caches decoded names (bytes -> str): a method
+    name repeats from call to call, and the cached str keeps its hash."""
     try:
-        i = _frame_start(body, start, n)
-        if i < 0:
+        if body[start] != 0x80 or body[start + 1] != 5:
             return None
+        i = start + 2
         op = body[i]
+        if op == 0x95:  # FRAME: it must cover exactly the rest
+            if _unpack_Q(body, i + 1)[0] != n - i - 9:
+                return None
+            i += 9
+            op = body[i]
         if op == 0x8C:
             j = i + 2 + body[i + 1]
             if j > n:
                 return None
-            name: Any = str(body[i + 2:j], "utf-8", "surrogatepass")
+            raw = body[i + 2:j]
+            name: Any = names.get(raw) if names is not None and type(raw) is bytes else None
+            if name is None:
+                name = str(raw, "utf-8", "surrogatepass")
+                if names is not None and type(raw) is bytes and len(names) < MAX_NAMES:
+                    names[raw] = name
             i = j
         elif op == 0x4E:
             name = None
@@ -327,17 +343,29 @@ def small_call(body: Any, start: int) -> tuple | None:
             items = []
             while True:
                 op = body[i]
-                if marked and op == 0x74 or not marked and 0x85 <= op <= 0x87:
+                if op == 0x4B:  # the common arguments inline, the rest by _scalar
+                    items.append(body[i + 1])
+                    i += 2
+                elif op == 0x8C:
+                    j = i + 2 + body[i + 1]
+                    if j > n:
+                        return None
+                    items.append(str(body[i + 2:j], "utf-8", "surrogatepass"))
+                    i = j
+                elif marked and op == 0x74 or not marked and 0x85 <= op <= 0x87:
                     break
-                value, i = _scalar(body, i, n)
-                if value is _NO or len(items) >= 16:
+                else:
+                    value, i = _scalar(body, i, n)
+                    if value is _NO:
+                        return None
+                    items.append(value)
+                if len(items) > 16:
                     return None
-                items.append(value)
             if not marked and len(items) != op - 0x84:
                 return None
             args = tuple(items)
             i += 1
-        if body[i] != 0x7D or body[i + 1] != 0x87 or i + 3 != n or body[i + 2] != 0x2E:
+        if i + 3 != n or body[i] != 0x7D or body[i + 1] != 0x87 or body[i + 2] != 0x2E:
             return None
         return (name, args, {})
     except (IndexError, struct.error, UnicodeDecodeError):

@@ -28,7 +28,8 @@ from ._decoder import NOT_SMALL, Budget, decode as _decode, small_answer, small_
 from ._errors import CapabilityError, ProtocolError, RemoteError, RevokedError, safe_repr
 from ._expose import Interface, interface_of, value_type_named, value_type_of
 from ._membrane import Bound, InboundProxy, Membrane
-from ._protocol import ANSWER_HEADER, CALL_HEADER, Op, Tag, check_call_payload, check_release, split
+from ._protocol import (ANSWER_FRAME, ANSWER_HEADER, CALL_FRAME, CALL_HEADER, MAX_ID, Op, Tag, check_call_payload,
+                        check_release, frame as _frame, split)
 from ._proxy import Proxy, check_descriptor
 from ._session import AuditEvent, ITER_IFACE, IterBatches, Session, header, payload_of, start_iter
 from ._tables import Export
@@ -44,6 +45,12 @@ _RECORDS = _codec.STDLIB_VALUE_TYPES
 _dumps = pickle.dumps
 _pack_call = CALL_HEADER.pack
 _pack_answer = ANSWER_HEADER.pack
+_pack_call_frame = CALL_FRAME.pack
+_unpack_call = CALL_HEADER.unpack_from
+_unpack_answer = ANSWER_HEADER.unpack_from
+_MAX_ID = MAX_ID
+_OPS = frozenset(int(o) for o in Op)
+_pack_answer_frame = ANSWER_FRAME.pack
 
 
 class ShippedCall:
@@ -104,12 +111,33 @@ class HostSession(Session):
             budget.max_bytes = max_decoded
         self.budget = budget
         self._arg_bytes: dict[int, int] = {}  # qid -> body size, for the audit hook
+        #: Method names seen in calls, as bytes -> str (see _decoder.small_call).
+        self._names: dict[bytes, str] = {}
 
     def _stopped(self) -> BaseException | None:
         chan = self.channel
         return None if chan is None else chan.dead
 
     # ------------------------------------------------------------------ outgoing
+
+    def plain_frame(self, msg: tuple) -> bytes:
+        """The whole frame (length prefix included) for a CALL or RETURN of scalars."""
+        tag = msg[0]
+        if tag == _RETURN_T:
+            payload = _dumps(msg[2], 5)
+            n = len(payload) + 9
+            frame = _pack_answer_frame(n, tag, msg[1]) + payload
+        elif tag == _CALL_T:
+            payload = _dumps((msg[5], msg[6], msg[7]), 5)
+            n = len(payload) + 26
+            frame = _pack_call_frame(n, tag, msg[1], msg[2], msg[3], msg[4]) + payload
+        else:
+            body = self.encode_plain(msg)
+            return _frame(body)
+        if n > self.max_frame:
+            self._checked_size(frame[4:])
+        self.bytes_out += n + 4
+        return frame
 
     def encode_plain(self, msg: tuple) -> bytes:
         """Body for a message that holds only scalars."""
@@ -257,23 +285,41 @@ class HostSession(Session):
 
     # ------------------------------------------------------------------ incoming
 
-    def decode(self, body: Any) -> tuple:
-        """The message in ``body``, checked, with every reference resolved."""
-        self.bytes_in += len(body) + 4
+    def decode(self, body: Any, base: int = 0) -> tuple:
+        """The message in ``body[base:]``, checked, with every reference resolved."""
+        n = len(body)
+        self.bytes_in += n - base + 4
+        tag = body[base] if n > base else 0
+        # The two common messages first, read inline; anything else (or anything
+        # wrong) goes through split(), which names the fault.
+        if tag == _CALL_T and n - base >= 26:
+            _, qid, parent, target, op = _unpack_call(body, base)
+            if 0 < qid < _MAX_ID and parent < _MAX_ID and target < _MAX_ID and op in _OPS:
+                payload = small_call(body, base + 26, n, self._names)
+                if payload is not None and self.audit is None:
+                    return (_CALL_T, qid, parent, target, op, payload[0], payload[1], payload[2])
+        elif tag == _RETURN_T and n - base >= 9:
+            qid = _unpack_answer(body, base)[1]
+            if 0 < qid < _MAX_ID:
+                value = small_answer(body, base + 9, n)
+                if value is not NOT_SMALL:
+                    return (_RETURN_T, qid, value)
+        if base:
+            body = body[base:]
+        return self._decode(body, len(body))
+
+    def _decode(self, body: Any, n: int) -> tuple:
         head, start = split(body)
         tag = head[0]
         budget = self.budget
         if tag == _RETURN_T:
-            value = small_answer(body, start)
-            if value is not NOT_SMALL:
-                return (_RETURN_T, head[1], value)
             try:
                 return (_RETURN_T, head[1], _decode(body, self._ref, budget, start))
             except RevokedError as exc:
                 return (_RAISE_T, head[1], exc)
         if tag == _CALL_T:
             _, qid, parent, target, op = head
-            payload = small_call(body, start)
+            payload = small_call(body, start, n, self._names)
             if payload is not None:
                 name, args, kwargs = payload
             else:
@@ -285,7 +331,7 @@ class HostSession(Session):
                 except RevokedError as exc:
                     name, args, kwargs = None, Refused(exc), {}
             if self.audit is not None:
-                self._arg_bytes[qid] = len(body)
+                self._arg_bytes[qid] = n
             return (_CALL_T, qid, parent, target, op, name, args, kwargs)
         if tag == _RAISE_T:
             return (_RAISE_T, head[1], _decode(body, _no_refs, budget, start))

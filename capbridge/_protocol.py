@@ -3,7 +3,7 @@
 A frame is a 4-byte big-endian body length followed by the body. The length is
 checked against the frame limit before a byte of the body is kept.
 
-A body is a fixed binary header (the tag and the message's ids, little-endian)
+A body is a fixed binary header (the tag and the message's ids, big-endian)
 followed by a pickle of the rest (the payload). The header is read with one
 ``struct`` call; only the payload goes through a decoder, and the host's decoder of
 sandbox payloads knows which call (and which capability) a payload belongs to
@@ -53,15 +53,20 @@ __all__ = [
     "CALL_HEADER",
     "ANSWER_HEADER",
     "HELLO_HEADER",
+    "CALL_FRAME",
+    "ANSWER_FRAME",
     "split",
 ]
 
 PROTOCOL_VERSION = 2
 HEADER = struct.Struct(">I")
 #: Body headers: tag, then the ids (see the module docstring).
-CALL_HEADER = struct.Struct("<BQQQB")
-ANSWER_HEADER = struct.Struct("<BQ")
-HELLO_HEADER = struct.Struct("<BI")
+CALL_HEADER = struct.Struct(">BQQQB")
+ANSWER_HEADER = struct.Struct(">BQ")
+HELLO_HEADER = struct.Struct(">BI")
+#: A frame's length prefix and a body header in one (what the small-call path writes).
+CALL_FRAME = struct.Struct(">IBQQQB")
+ANSWER_FRAME = struct.Struct(">IBQ")
 _HEADER_SIZE = HEADER.size
 _pack_header = HEADER.pack
 
@@ -105,13 +110,15 @@ class FrameReader:
     After any error it stays broken: every later call raises the same error.
     """
 
-    __slots__ = ("max_frame", "_buf", "_pos", "_error")
+    __slots__ = ("max_frame", "_buf", "_pos", "_error", "idle")
 
     def __init__(self, max_frame: int) -> None:
         self.max_frame = max_frame
         self._buf = bytearray()
         self._pos = 0
         self._error: ProtocolError | None = None
+        #: True when no byte is buffered (a reader may take the next frame itself).
+        self.idle = True
 
     def feed(self, data: bytes) -> None:
         """Add bytes read from the peer."""
@@ -121,6 +128,7 @@ class FrameReader:
             del self._buf[: self._pos]
             self._pos = 0
         self._buf += data
+        self.idle = not self._buf
 
     def next_frame(self) -> bytes:
         """The next complete body, or ``NEED_DATA``."""
@@ -143,6 +151,7 @@ class FrameReader:
         start = pos + _HEADER_SIZE
         body = bytes(buf[start : start + size])
         self._pos = start + size
+        self.idle = self._pos == len(buf)
         return body
 
     def wanted(self) -> int:

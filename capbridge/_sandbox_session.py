@@ -23,7 +23,8 @@ from . import _codec
 from ._decoder import MAX_DEPTH, Budget, decode as _decode
 from ._errors import CapabilityError, ProtocolError, RemoteError
 from ._expose import ALLOWED_DUNDERS, Interface, Member, value_type, value_type_named, value_type_of
-from ._protocol import ANSWER_HEADER, CALL_HEADER, HELLO_HEADER, Op, Tag
+from ._protocol import ANSWER_FRAME, ANSWER_HEADER, CALL_FRAME, CALL_HEADER, HEADER, HELLO_HEADER, Op, Tag
+from ._protocol import frame as _frame
 from ._proxy import Proxy
 from ._session import ITER_IFACE, IterBatches, Session, header, payload_of, start_iter
 
@@ -39,6 +40,9 @@ _PLAIN = (_codec.PLAIN_TYPES - {frozenset}) | {pickle.PickleBuffer}
 _RECORDS = _codec.STDLIB_VALUE_TYPES
 _loads = pickle.loads
 _pack_call = CALL_HEADER.pack
+_pack_call_frame = CALL_FRAME.pack
+_pack_answer_frame = ANSWER_FRAME.pack
+_pack_length = HEADER.pack
 _pack_answer = ANSWER_HEADER.pack
 _unpack_call = CALL_HEADER.unpack_from
 _unpack_answer = ANSWER_HEADER.unpack_from
@@ -96,6 +100,21 @@ def _no_pid(obj: Any) -> None:
     return None
 
 
+class _ListWriter:
+    """A file whose ``write`` appends to a list."""
+
+    __slots__ = ("write",)
+
+    def __init__(self, parts: list) -> None:
+        self.write = parts.append
+
+
+def _join_parts(parts: list) -> bytes:
+    data = b"".join(parts)
+    parts.clear()
+    return data
+
+
 def _as_is(exc: BaseException) -> BaseException:
     return exc
 
@@ -128,8 +147,35 @@ class SandboxSession(Session):
         #: The budget the host decodes our bodies with (checked before sending).
         self.host_budget = host_budget or Budget()
         self._local = threading.local()
+        # For plain_frame: scalars only (no frozensets, no references), so the C
+        # pickler hands each pickle to ``write`` in one piece, straight into a list.
+        self._parts: list[bytes] = []
+        self._direct = pickle.Pickler(_ListWriter(self._parts), 5)
+        self._direct.fast = True
 
     # ------------------------------------------------------------------ outgoing
+
+    def plain_frame(self, msg: tuple) -> bytes:
+        """The whole frame (length prefix included) for a CALL or RETURN of scalars.
+
+        Called with the channel's send lock held (it uses one pickler per session).
+        """
+        parts = self._parts
+        tag = msg[0]
+        if tag == _CALL_T:
+            self._direct.dump((msg[5], msg[6], msg[7]))
+            payload = parts.pop() if len(parts) == 1 else _join_parts(parts)
+            n = len(payload) + 26
+            frame = _pack_call_frame(n, tag, msg[1], msg[2], msg[3], msg[4]) + payload
+        else:
+            self._direct.dump(msg[2])
+            payload = parts.pop() if len(parts) == 1 else _join_parts(parts)
+            n = len(payload) + 9
+            frame = _pack_answer_frame(n, tag, msg[1]) + payload
+        if n > 8192:  # big enough for an int over the host's limit, or the frame's
+            return _frame(self.encode(msg))
+        self.bytes_out += n + 4
+        return frame
 
     def encode_plain(self, msg: tuple) -> bytes:
         """Body for a CALL or RETURN that holds only scalars (the channel checked)."""
@@ -293,16 +339,19 @@ class SandboxSession(Session):
 
     # ------------------------------------------------------------------ incoming
 
-    def decode(self, body: Any) -> tuple:
-        """The host's message in ``body`` (trusted: references resolve directly)."""
-        self.bytes_in += len(body) + 4
-        tag = body[0]
+    def decode(self, body: Any, base: int = 0) -> tuple:
+        """The host's message in ``body[base:]`` (trusted: references resolve directly)."""
+        n = len(body)
+        self.bytes_in += n - base + 4
+        tag = body[base]
         if tag == _RETURN_T or tag == _RAISE_T:
-            return (tag, _unpack_answer(body)[1], self._load(body, 9))
+            if n < 4096 and body.find(b"Q", base + 9) < 0:
+                return (tag, _unpack_answer(body, base)[1], _loads(body[base + 9:]))
+            return (tag, _unpack_answer(body, base)[1], self._load(body, base + 9))
         if tag == _CALL_T:
-            return (*_unpack_call(body), *self._load(body, 26))
+            return (*_unpack_call(body, base), *self._load(body, base + 26))
         if tag == _RELEASE_T:
-            return (tag, self._load(body, 1))
+            return (tag, self._load(body, base + 1))
         raise ProtocolError(f"unexpected message tag {tag} from the host")
 
     def _load(self, body: Any, start: int) -> Any:

@@ -7,9 +7,9 @@ a bare host :class:`~capbridge._session.Session` and against a real sandbox.
 
 A body is a binary header (tag and ids, see ``capbridge._protocol``) followed by a
 pickle payload. Placeholders: a body may contain :data:`CAP_ID` (a BININT whose 4
-argument bytes are :data:`CAP_MARK`; in a header, :data:`HCAP`, the same 4 bytes and
-4 zeros) where the export id of a host capability the sandbox legitimately holds goes,
-and :data:`QID` / :data:`HQID` (bytes :data:`QID_MARK`) where the id of the host's
+argument bytes are :data:`CAP_MARK`; in a big-endian u64 header field, :data:`HCAP`:
+4 zeros and :data:`HCAP_MARK`) where the export id of a host capability the sandbox legitimately holds goes,
+and :data:`QID` / :data:`HQID` (:data:`QID_MARK` / :data:`HQID_MARK`) where the id of the host's
 question being served goes. :func:`fill` substitutes them; the in-sandbox attacker
 (:data:`ATTACK_SRC`) does the same with what it finds in its own memory.
 """
@@ -97,9 +97,12 @@ CAP_MARK = b"\xe1\xe2\xe3\x0f"
 QID_MARK = b"\xd1\xd2\xd3\x0e"
 CAP_ID = BININT + CAP_MARK
 QID = BININT + QID_MARK
-#: The same placeholders as little-endian u64 header fields.
-HCAP = CAP_MARK + b"\0\0\0\0"
-HQID = QID_MARK + b"\0\0\0\0"
+#: The same placeholders as big-endian u64 header fields.
+HCAP_MARK = b"\xe5\xe6\xe7\x0f"
+HQID_MARK = b"\xd5\xd6\xd7\x0e"
+HCAP = b"\0\0\0\0" + HCAP_MARK
+HQID = b"\0\0\0\0" + HQID_MARK
+MARKS = (CAP_MARK, QID_MARK, HCAP_MARK, HQID_MARK)
 
 
 # --------------------------------------------------------------------------- encoders
@@ -161,7 +164,7 @@ def body(*parts: bytes) -> bytes:
 
 
 def u64(n: int) -> bytes:
-    return struct.pack("<Q", n)
+    return struct.pack(">Q", n)
 
 
 def _hid(x: int | bytes) -> bytes:
@@ -206,7 +209,7 @@ def release(pairs: bytes) -> bytes:
 
 
 def hello(version: int, report: bytes) -> bytes:
-    return bytes([T_HELLO]) + struct.pack("<I", version) + body(report)
+    return bytes([T_HELLO]) + struct.pack(">I", version) + body(report)
 
 
 def error_data(name: bytes = None, args: bytes = EMPTY_TUPLE, message: bytes = None, tb: bytes = None,
@@ -221,9 +224,9 @@ def frame(data: bytes) -> bytes:
 
 def fill(data: bytes, cap_id: int | None = None, qid: int | None = None) -> bytes:
     if cap_id is not None:
-        data = data.replace(CAP_MARK, struct.pack("<i", cap_id))
+        data = data.replace(CAP_MARK, struct.pack("<i", cap_id)).replace(HCAP_MARK, struct.pack(">I", cap_id))
     if qid is not None:
-        data = data.replace(QID_MARK, struct.pack("<i", qid))
+        data = data.replace(QID_MARK, struct.pack("<i", qid)).replace(HQID_MARK, struct.pack(">I", qid))
     return data
 
 
@@ -636,7 +639,7 @@ def stash(data, cap_name=None, raw=False, pad=0):
     if cap_name is not None:
         import capbridge
         eid = capbridge.grants[cap_name]._cb_id
-        data = data.replace(CAP_MARK, struct.pack("<i", eid))
+        data = data.replace(CAP_MARK, struct.pack("<i", eid)).replace(HCAP_MARK, struct.pack(">I", eid))
     out = data if raw else struct.pack(">I", len(data)) + data
     out += b"\0" * pad
     _pending[:] = [out]
@@ -646,8 +649,8 @@ def fire(sleep=30):
     """Write the stashed bytes straight onto the channel, then keep the host busy."""
     ch = _channel()
     data = _pending.pop()
-    if QID_MARK in data:
-        data = data.replace(QID_MARK, struct.pack("<i", ch._local.serving[-1]))
+    qid = ch._local.serving[-1]
+    data = data.replace(QID_MARK, struct.pack("<i", qid)).replace(HQID_MARK, struct.pack(">I", qid))
     with ch._send_lock:
         view = memoryview(data)
         while view:
@@ -655,4 +658,5 @@ def fire(sleep=30):
     import time
     time.sleep(sleep)
     return "not killed"
-'''.replace("CAP_MARK", repr(CAP_MARK)).replace("QID_MARK", repr(QID_MARK))
+'''.replace("HCAP_MARK", repr(HCAP_MARK)).replace("HQID_MARK", repr(HQID_MARK)) \
+    .replace("CAP_MARK", repr(CAP_MARK)).replace("QID_MARK", repr(QID_MARK))
