@@ -41,30 +41,39 @@ __all__ = [
 ]
 
 from ._proxy import Proxy
-from ._execution import Execution
-from ._sandbox import Limits, Sandbox
-from ._session import AuditEvent
 
 __all__ += ["Sandbox", "AsyncSandbox", "SandboxPool", "gather", "Limits", "Execution", "Proxy", "AuditEvent"]
 
-for _obj in (Sandbox, Limits, Execution, Proxy, AuditEvent):
-    _obj.__module__ = "capbridge"
-del _obj
+Proxy.__module__ = "capbridge"
+
+#: Host-only names, imported on first use: inside a sandbox, and in the fork server
+#: that starts sandboxes, ``import capbridge`` brings only what the sandbox side needs.
+_LAZY = {
+    "Sandbox": ("._sandbox", "Sandbox"),
+    "Limits": ("._sandbox", "Limits"),
+    "Execution": ("._execution", "Execution"),
+    "AuditEvent": ("._audit", "AuditEvent"),
+    "AsyncSandbox": ("._aio", "AsyncSandbox"),
+    "SandboxPool": ("._pool", "SandboxPool"),
+    "gather": ("._gather", "gather"),
+}
 
 
 def __getattr__(name: str) -> object:
-    # AsyncSandbox pulls in asyncio; the sandbox side never needs it.
-    if name == "AsyncSandbox":
-        from ._aio import AsyncSandbox as value
-    elif name == "SandboxPool":
-        from ._pool import SandboxPool as value
-    elif name == "gather":
-        from ._gather import gather as value
-    else:
+    spec = _LAZY.get(name)
+    if spec is None:
         raise AttributeError(f"module 'capbridge' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(spec[0], __name__), spec[1])
     value.__module__ = "capbridge"
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 #: Inside the sandbox: the grants, by name (empty on the host).
 grants: dict = {}

@@ -31,7 +31,9 @@ import select
 import termios
 import threading
 import time
-from typing import Any, Callable
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from typing import Any, Callable
 
 from . import _watchdog
 from ._deadline import Timed

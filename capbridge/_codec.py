@@ -23,7 +23,9 @@ import decimal
 import fractions
 import re
 import uuid
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from typing import Any
 
 from ._errors import CapabilityError, ProtocolError, safe_repr
 

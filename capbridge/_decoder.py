@@ -43,7 +43,9 @@ from __future__ import annotations
 import codecs
 import struct
 import sys
-from typing import Any, Callable
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from typing import Any, Callable
 
 from ._errors import ProtocolError
 

@@ -14,7 +14,9 @@ import builtins
 import collections
 import linecache
 import threading
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from typing import Any
 
 from . import _errors
 from ._errors import CapabilityError, ProtocolError, RemoteError, RevokedError

@@ -8,12 +8,17 @@ how it is named; a member is reachable because the host marked it.
 
 from __future__ import annotations
 
-import dataclasses
+import collections
 import functools
 import threading
 import types
 import weakref
-from typing import Any, Iterable, NamedTuple, TypeVar
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing and dataclasses are not imported at run time: they cost start-up)
+    from typing import Any, Iterable, TypeVar
+
+    T = TypeVar("T")
 
 __all__ = [
     "expose",
@@ -23,8 +28,6 @@ __all__ = [
     "interface_of",
     "is_capability",
 ]
-
-T = TypeVar("T")
 
 _EXPOSED = "__capbridge_exposed__"
 
@@ -87,27 +90,33 @@ def capability(cls: type[T]) -> type[T]:
 # --------------------------------------------------------------------------- interfaces
 
 
-class Member(NamedTuple):
-    doc: str
-    signature: str
+#: A method or special method: its docstring and signature text.
+Member = collections.namedtuple("Member", ["doc", "signature"])
+#: A property: its docstring and whether it can be set.
+Prop = collections.namedtuple("Prop", ["doc", "settable"])
 
 
-class Prop(NamedTuple):
-    doc: str
-    settable: bool
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
 class Interface:
-    """What one kind of capability offers, as the proxy on the other side sees it."""
+    """What one kind of capability offers, as the proxy on the other side sees it.
 
-    name: str
-    doc: str
-    methods: dict[str, Member]
-    properties: dict[str, Prop]
-    dunders: dict[str, Member]
-    callable: bool = False
-    call_signature: str = ""
+    Compared and hashed by identity (a session keys its interfaces by object).
+    """
+
+    __slots__ = ("name", "doc", "methods", "properties", "dunders", "callable", "call_signature",
+                 "__weakref__")
+
+    def __init__(self, name: str, doc: str, methods: dict[str, Member], properties: dict[str, Prop],
+                 dunders: dict[str, Member], callable: bool = False, call_signature: str = "") -> None:
+        self.name = name
+        self.doc = doc
+        self.methods = methods
+        self.properties = properties
+        self.dunders = dunders
+        self.callable = callable
+        self.call_signature = call_signature
+
+    def __repr__(self) -> str:
+        return f"<Interface {self.name}: {', '.join(self.exposed_names()) or 'nothing exposed'}>"
 
     def exposed_names(self) -> list[str]:
         return sorted([*self.methods, *self.properties])
@@ -269,11 +278,8 @@ def is_capability(obj: Any) -> bool:
 # --------------------------------------------------------------------------- value types
 
 
-class ValueType(NamedTuple):
-    name: str
-    cls: type
-    fields: tuple[str, ...]
-    is_tuple: bool = False
+#: A registered value type: the name both sides know it by, the class, its fields.
+ValueType = collections.namedtuple("ValueType", ["name", "cls", "fields", "is_tuple"], defaults=[False])
 
 
 _VALUE_TYPES: dict[str, ValueType] = {}
@@ -282,6 +288,8 @@ _VALUE_LOCK = threading.Lock()
 
 
 def _fields_of(cls: type) -> tuple[str, ...]:
+    import dataclasses
+
     if dataclasses.is_dataclass(cls):
         return tuple(f.name for f in dataclasses.fields(cls) if f.init)
     if issubclass(cls, tuple) and hasattr(cls, "_fields"):

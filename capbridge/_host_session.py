@@ -31,7 +31,8 @@ from ._membrane import Bound, InboundProxy, Membrane
 from ._protocol import (ANSWER_FRAME, ANSWER_HEADER, CALL_FRAME, CALL_HEADER, MAX_ID, Op, Tag, check_call_payload,
                         check_release, frame as _frame, split)
 from ._proxy import Proxy, check_descriptor
-from ._session import AuditEvent, ITER_IFACE, IterBatches, Session, header, payload_of, start_iter
+from ._audit import AuditEvent
+from ._session import ITER_IFACE, IterBatches, Session, header, payload_of, start_iter
 from ._tables import Export
 
 __all__ = ["HostSession", "ShippedCall"]

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any, Callable
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from typing import Any, Callable
 
 __all__ = ["TOKEN", "WAKE", "MASK", "send", "install"]
 

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any, Callable, Iterator
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from typing import Any, Callable, Iterator
 
 from ._errors import CapabilityError, RevokedError
 from ._expose import ALLOWED_DUNDERS, Interface, Member, Prop, _doc, _signature, interface_of, value_type_of

@@ -17,7 +17,9 @@ from __future__ import annotations
 import ast
 import inspect
 import re
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from typing import Any
 
 __all__ = ["HelpHook", "class_name", "help_target", "signature_from_text", "with_self"]
 

@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from typing import Any
 
 from ._errors import ProtocolError, safe_repr
 

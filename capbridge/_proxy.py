@@ -9,7 +9,9 @@ import table makes them.
 from __future__ import annotations
 
 import keyword
-from typing import Any, Iterator
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from typing import Any, Iterator
 
 from ._errors import ProtocolError
 from ._expose import ALLOWED_DUNDERS

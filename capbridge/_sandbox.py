@@ -30,7 +30,7 @@ from ._expose import registered_value_types
 from ._output import OutputSink, pump
 from ._protocol import PROTOCOL_VERSION, Op, Tag, check_message
 from ._host_session import HostSession, ShippedCall
-from ._session import AuditEvent
+from ._audit import AuditEvent
 
 __all__ = ["Sandbox", "Limits", "Execution"]
 
@@ -131,9 +131,11 @@ class Sandbox:
         audit: Callable[[AuditEvent], Any] | None = None,
         _awaiter: Callable[[Any], Any] | None = None,
     ) -> None:
+        from sandbox_vm._spawn import ensure_server, spawn
+
+        ensure_server()  # the first one of a process starts while the rest is checked
         from sandbox_vm import SandboxConfig
         from sandbox_vm._config import sandbox_options
-        from sandbox_vm._spawn import spawn
 
         if confinement not in _CONFINEMENTS:
             raise ValueError(f"confinement must be one of {', '.join(map(repr, _CONFINEMENTS))}, not {confinement!r}")

@@ -10,14 +10,14 @@ Sandbox objects are exported with an *open* interface: everything public.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import pickle
 import threading
-import traceback
 import types
-from typing import Any, Callable
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from typing import Any, Callable
 
 from . import _codec
 from ._decoder import MAX_DEPTH, Budget, decode as _decode
@@ -442,6 +442,8 @@ def make_lookalike(name: str, fields: tuple, is_tuple: bool) -> type:
 
         cls = collections.namedtuple(short, fields)  # type: ignore[misc]
     else:
+        import dataclasses
+
         cls = dataclasses.make_dataclass(short, list(fields))
     value_type(cls, name=name)
     return cls
@@ -502,6 +504,8 @@ def frames_as_data(tb: Any) -> tuple:
 
 def _traceback_text(exc: BaseException) -> str:
     try:
+        import traceback
+
         return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     except Exception:
         return ""

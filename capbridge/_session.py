@@ -14,10 +14,11 @@ and the counters.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import weakref
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from typing import Any
 
 from ._errors import ProtocolError
 from ._expose import Interface, Member
@@ -25,7 +26,7 @@ from ._protocol import ANSWER_HEADER, CALL_HEADER, Tag
 from ._proxy import ITER_BATCH, InterfaceDesc, Proxy, build_proxy_class, new_proxy
 from ._tables import FORGET, Tables
 
-__all__ = ["Session", "AuditEvent", "IterBatches", "ITER_IFACE", "MAX_INTERFACES"]
+__all__ = ["Session", "IterBatches", "ITER_IFACE", "MAX_INTERFACES"]
 
 _CALL_T, _RETURN_T, _RAISE_T, _RELEASE_T = int(Tag.CALL), int(Tag.RETURN), int(Tag.RAISE), int(Tag.RELEASE)
 _pack_call = CALL_HEADER.pack
@@ -34,18 +35,6 @@ _RELEASE_BYTE = bytes((_RELEASE_T,))
 
 #: Interfaces of one peer in use at once on a connection (each becomes a class).
 MAX_INTERFACES = 4096
-
-
-@dataclasses.dataclass(frozen=True)
-class AuditEvent:
-    """One call from the sandbox through a capability, as the audit hook sees it."""
-
-    capability: str
-    member: str
-    op: str
-    arg_bytes: int
-    duration: float
-    outcome: str  # "ok" or the exception's type name
 
 
 class IterBatches:

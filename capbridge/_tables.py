@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import itertools
 import threading
-from typing import Any, Callable
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from typing import Any, Callable
 
 from ._expose import Interface
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from typing import Any
 
 __all__ = ["watch", "unwatch", "poke", "next_wake"]
 

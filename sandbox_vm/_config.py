@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from typing import Any
 
 __all__ = ["CONFINEMENTS", "THREAD_ENV", "ExitStatus", "SandboxConfig", "check_env", "sandbox_options"]
 

@@ -198,6 +198,7 @@ class Loader:
         self._cache: dict[str, list[str]] | None = None
         self.dirs = system_dirs() if dirs is None else list(dirs)
         self._machines: dict[str, bool] = {}
+        self._infos: dict[str, ElfInfo | None] = {}
 
     @property
     def cache(self) -> dict[str, list[str]]:
@@ -226,7 +227,7 @@ class Loader:
             if key in seen:
                 continue
             seen.add(key)
-            info = read_elf(path)
+            info = self._read(path)
             if info is None:
                 continue
             origin = os.path.dirname(path)
@@ -291,9 +292,17 @@ class Loader:
     def _usable(self, path: str) -> bool:
         """An ELF file of this process's architecture (what the loader accepts)."""
         if path not in self._machines:
-            info = read_elf(path) if os.path.isfile(path) else None
+            info = self._read(path) if os.path.isfile(path) else None
             self._machines[path] = info is not None and info.machine == self.machine
         return self._machines[path]
+
+    def _read(self, path: str) -> "ElfInfo | None":
+        """:func:`read_elf`, once per path for this loader."""
+        try:
+            return self._infos[path]
+        except KeyError:
+            info = self._infos[path] = read_elf(path)
+            return info
 
     def _expand(self, entries: Iterable[str], origin: str) -> list[str]:
         out: list[str] = []

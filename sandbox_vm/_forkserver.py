@@ -112,7 +112,8 @@ def server_command(ctl_fd: int, paths: list[str], options: str) -> list[str]:
 
     ``-I`` ignores ``PYTHON*`` variables and the user site, ``-S`` skips ``site``
     (and every ``.pth`` file): the import path is exactly the stdlib plus ``paths``.
-    ``options`` is ``,``-separated: ``nopidns``, ``entry=module:function``.
+    ``options`` is ``,``-separated: ``nopidns``, ``entry=module:function``,
+    ``base=FD`` (a pipe the base Landlock paths arrive on).
     """
     return [sys.executable, "-I", "-S", "-X", "utf8", "-c", _BOOT, str(ctl_fd), options, *paths]
 
@@ -128,8 +129,8 @@ _ESSENTIAL = (
     "sandbox_vm._landlock",
     "pickle",
     "capbridge",
-    "cloudpickle",
-    "tblib",
+    "capbridge._sandbox_session",
+    "capbridge._channel",
 )
 # Imported while the server is idle, then frozen: commonly used by sandbox code.
 _WARM = (
@@ -137,7 +138,8 @@ _WARM = (
     "random", "functools", "itertools", "dataclasses", "typing", "traceback", "io",
     "struct", "base64", "hashlib", "copy", "string", "textwrap", "enum", "operator",
     "heapq", "bisect", "statistics", "contextlib", "abc", "numbers", "types",
-    "inspect", "weakref", "array", "binascii", "zlib", "pprint", "tblib.pickling_support",
+    "inspect", "weakref", "array", "binascii", "zlib", "pprint",
+    "cloudpickle",  # what Sandbox.call's pickles name
 )
 
 _RESERVED_LOW_FDS = range(3, 10)  # held in the server so children get 3 and 4 free
@@ -173,7 +175,12 @@ class _Server:
         self.ctypes = ctypes
         opts = dict(o.partition("=")[::2] for o in options.split(",") if o)
         self.entry = opts.get("entry", "sandbox_vm._child:child_main")
+        # A pipe the host writes the base Landlock paths into (one per line) once it
+        # has worked them out, while this server starts; -1 when it does not.
+        self.base_fd = int(opts.get("base", "-1"))
         ctl_fd = self._move_high(ctl_fd)
+        if self.base_fd >= 0:  # off the low numbers children need free
+            self.base_fd = self._move_high(self.base_fd)
         self.devnull = self._move_high(os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC))
         for fd in _RESERVED_LOW_FDS:  # so no descriptor of ours sits on 3..9
             try:
@@ -309,11 +316,35 @@ class _Server:
             hook = getattr(landlock, "prepare", None)
             if hook is not None and config.confinement != "none":
                 try:
-                    fds = (int(hook(tuple(config.allow_imports)).fd),)
+                    fds = (int(hook(tuple(config.allow_imports), self.base_paths()).fd),)
                 except Exception:
                     fds = ()
             self.prepared[key] = fds
         return self.prepared[key]
+
+    def base_paths(self) -> list[str] | None:
+        """The base Landlock paths the host sent (None: work them out here)."""
+        if self.base_fd < 0:
+            return self._base
+        fd, self.base_fd = self.base_fd, -1
+        chunks = []
+        try:
+            while True:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except OSError:
+            chunks = []
+        finally:
+            os.close(fd)
+        data = b"".join(chunks).decode("utf-8", "surrogateescape")
+        lines = data.split("\n")
+        # Complete only when the host ended the list with an empty line.
+        self._base = lines[:-2] if len(lines) >= 2 and lines[-2:] == ["", ""] else None
+        return self._base
+
+    _base: list[str] | None = None
 
     def prepare_default(self) -> None:
         """Prepare for the default config while idle (first strict spawn is warm).

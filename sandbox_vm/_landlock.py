@@ -17,7 +17,7 @@ import importlib.machinery
 import os
 import struct
 import sys
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # (typing is not imported at run time)
 
 if TYPE_CHECKING:
     from ._packages import Access
@@ -99,33 +99,35 @@ def stdlib_dir() -> str:
     return os.path.dirname(os.__file__)
 
 
-def base_paths() -> list[str]:
+def base_paths(path: list[str] | None = None) -> list[str]:
     """What every sandbox may read: the standard library (not ``site-packages``), its
     extension modules and the shared libraries they load, capbridge's own packages and
-    the time-zone database."""
+    the time-zone database. ``path``: the import path to look in (``sys.path``)."""
     from . import _elf, _packages  # imported when first needed: the fork server starts without them
 
+    path = sys.path if path is None else path
     stdlib = stdlib_dir()
     paths = [os.path.join(stdlib, e) for e in sorted(os.listdir(stdlib)) if e not in EXCLUDED_STDLIB_ENTRIES]
-    dynload = [p for p in sys.path if p.endswith("lib-dynload") and os.path.isdir(p)]
+    dynload = [p for p in path if p.endswith("lib-dynload") and os.path.isdir(p)]
     paths += dynload
     libs = _elf.Loader().resolve(
         os.path.join(d, e) for d in dynload for e in sorted(os.listdir(d)) if e.endswith(".so"))
     paths += libs.paths() + ([_elf.LOADER_CACHE] if libs.needs_cache else [])
     for name in BASE_PACKAGES:
-        paths += _packages.locations(name, sys.path)
+        paths += _packages.locations(name, path)
     # The public time-zone database, so datetimes with a ZoneInfo work inside.
     paths += [p for p in _zoneinfo_dirs() if os.path.isdir(p)]
     return paths
 
 
-def rule_paths(allow_imports: tuple[str, ...], access: Access | None = None) -> list[str]:
+def rule_paths(allow_imports: tuple[str, ...], access: Access | None = None,
+               base: list[str] | None = None) -> list[str]:
     """Every path that gets a read-only rule, in a stable order."""
     from . import _packages
 
     if access is None:
         access = _packages.resolve(allow_imports)
-    return list(dict.fromkeys([*base_paths(), *access.paths()]))
+    return list(dict.fromkeys([*(base_paths() if base is None else base), *access.paths()]))
 
 
 def _zoneinfo_dirs() -> list[str]:
@@ -158,12 +160,13 @@ def cached(allow_imports: tuple[str, ...]) -> Ruleset | None:
     return _CACHE.get(_key(allow_imports))
 
 
-def prepare(allow_imports: tuple[str, ...]) -> Ruleset:
+def prepare(allow_imports: tuple[str, ...], base: list[str] | None = None) -> Ruleset:
     """Build (or return the cached) ruleset for ``allow_imports``.
 
     Also fills the import system's directory caches, so imports keep working after
     enforcement although the parent directories themselves cannot be listed.
-    Raises ``OSError`` when the kernel refuses.
+    ``base``: the :func:`base_paths` already computed (the host works them out while
+    the fork server starts). Raises ``OSError`` when the kernel refuses.
     """
     key = _key(allow_imports)
     if key in _CACHE:
@@ -182,7 +185,7 @@ def prepare(allow_imports: tuple[str, ...]) -> Ruleset:
         from . import _packages
 
         access = _packages.resolve(key)
-        paths = rule_paths(key, access)
+        paths = rule_paths(key, access, base)
         for path in paths:
             _add_rule(fd, path)
         # Listing (not reading) the stdlib directory itself, so a fresh import

@@ -22,7 +22,9 @@ import dataclasses
 import errno as _errno
 import os
 import time
-from typing import Callable
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from typing import Callable
 
 from . import _landlock, _namespaces, _policy, _rlimits, _seccomp
 from ._config import SandboxConfig

@@ -196,6 +196,8 @@ def resolve(names: Iterable[str], path: list[str] | None = None) -> Access:
     """What becomes readable when ``names`` (import names) are allowed; see the module docstring."""
     path = list(sys.path if path is None else path)
     tops = tuple(sorted({n.partition(".")[0] for n in names}))
+    if not tops:
+        return Access((), (), ())  # nothing to look up (and importlib.metadata stays unimported)
     index = _DistIndex(path)
     dists: dict[str, _Dist] = {}
     missing: list[str] = []

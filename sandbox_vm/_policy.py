@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno as _errno
-import platform
+import os
 
 __all__ = [
     "ALLOW", "KILL", "Action", "ArgCheck", "Group", "Policy", "Rule", "UnsupportedArch",
@@ -242,7 +242,7 @@ def denied_syscalls() -> dict[str, str]:
 
 
 def current_arch() -> str:
-    machine = platform.machine().lower()
+    machine = os.uname().machine.lower()
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 

@@ -10,7 +10,9 @@ import io
 import os
 import sys
 import types
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from typing import Any
 
 from ._config import SandboxConfig
 

@@ -18,6 +18,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import weakref
 from typing import Callable
@@ -26,7 +27,7 @@ from . import _forkserver as wire
 from ._config import ExitStatus, SandboxConfig
 from ._packages import server_paths
 
-__all__ = ["ForkServer", "SandboxProcess", "prestart", "spawn", "stats"]
+__all__ = ["ForkServer", "SandboxProcess", "ensure_server", "prestart", "spawn", "stats"]
 
 CHANNEL_PIPE_SIZE = 1 << 20
 SPAWN_TIMEOUT = 30.0  # seconds the server may take to answer a spawn (cold start included)
@@ -154,27 +155,37 @@ class ForkServer:
         self.flags = 0
         self.spawned = 0
         self.owner = os.getpid()
+        import_path = server_paths(paths)
+        # The base Landlock paths take the server tens of milliseconds to work out
+        # (ELF dependencies of the standard library's extensions): this process does
+        # it meanwhile, while the server's interpreter starts, and hands them over.
+        base_r, base_w = os.pipe2(os.O_CLOEXEC)
         options = ",".join(
             (["nopidns"] if not pid_namespace else []) + ([f"entry={entry}"] if entry else [])
+            + [f"base={base_r}"]
         )
         host, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._popen = subprocess.Popen(
-                wire.server_command(child.fileno(), server_paths(paths), options),
+                wire.server_command(child.fileno(), import_path, options),
                 env=dict(wire.SERVER_ENV),
                 cwd="/",
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                pass_fds=(child.fileno(),),
+                pass_fds=(child.fileno(), base_r),
                 close_fds=True,
                 start_new_session=True,
             )
         except BaseException:
             host.close()
+            _close(base_w)
             raise
         finally:
             child.close()
+            _close(base_r)
+        threading.Thread(target=_send_base_paths, args=(base_w, [*import_path, *sys.path]),
+                         name="capbridge-landlock-paths", daemon=True).start()
         self._sock = host
         self._reader = threading.Thread(target=self._read_loop, name="capbridge-forkserver", daemon=True)
         self._reader.start()
@@ -385,6 +396,13 @@ def _server() -> ForkServer:
         return server
 
 
+def ensure_server() -> None:
+    """Start this process's fork server if none runs (without waiting for it)."""
+    server = _default
+    if server is None or not server.alive:
+        _server()
+
+
 def spawn(config: SandboxConfig) -> SandboxProcess:
     """Start one sandbox process for ``config``; it locks itself down before serving."""
     from capbridge._errors import SandboxError
@@ -433,6 +451,21 @@ atexit.register(_stop_all)
 
 
 # -- helpers --------------------------------------------------------------------------
+
+def _send_base_paths(fd: int, path: list[str]) -> None:
+    """Write the base Landlock paths, one per line and an empty line last, then close."""
+    try:
+        from . import _landlock
+
+        data = "".join(p + "\n" for p in _landlock.base_paths(path)) + "\n"
+        view = memoryview(data.encode("utf-8", "surrogateescape"))
+        while view:
+            view = view[os.write(fd, view):]
+    except Exception:
+        pass  # the server works them out itself
+    finally:
+        _close(fd)
+
 
 def _received_fds(anc: list) -> list[int]:
     fds = array.array("i")
