@@ -6,30 +6,48 @@ host that reads those bytes, and it builds the objects itself: there is no scan
 followed by a call into another unpickler, so nothing here has to model what another
 decoder would do. It accepts exactly the opcodes that pickler emits for plain data
 (``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes``, ``bytearray``, ``tuple``,
-``list``, ``dict``, ``set`` and persistent ids) and refuses every other one, naming
-it. Frozensets come as a record (``("v", "frozenset", items)``), built here: the C
+``list``, ``dict``, ``set`` and persistent ids), in exactly the arrangement it emits
+them, and refuses everything else, naming it:
+
+* **frames** as the pickler cuts them: a ``FRAME`` of 4 bytes to about 128 KiB, ending
+  on an opcode boundary; outside frames only a string, bytes or bytearray of 64 KiB or more
+  (the pickler writes those straight through), and at most 3 bytes of other opcodes
+  (what is left of a frame too small to be written as one);
+* **batches** as the pickler writes them: lists, dicts and sets are filled 1000 items
+  at a time (``APPENDS``, ``SETITEMS``, ``ADDITEMS``), a one-item list or dict with
+  ``APPEND`` or ``SETITEM``; tuples of 1 to 3 items with ``TUPLE1``-``TUPLE3``, longer
+  ones with ``MARK`` ... ``TUPLE``.
+
+Frozensets come as a record (``("v", "frozenset", a_set)``), built here: the C
 pickler's fast mode miscounts its nesting on every frozenset it writes.
 
 Cost is part of the attack surface, so the decoder charges a :class:`Budget` as it goes
 (not afterwards) and raises :class:`~capbridge.ProtocolError` the moment a message
 goes over:
 
-* **nesting depth** - every value on the stack carries its depth, so a deep value is
-  refused before anything (hashing, comparison, repr) can recurse into it;
+* **nesting depth** - every container on the stack carries its depth, so a deep value
+  is refused before anything (hashing, comparison, repr) can recurse into it;
 * **host memory** - what each object really occupies (an empty set is 216 bytes, a
-  one-item dict 224), container growth, and the decoder's own stack, against
-  ``ratio`` times the frame size (at least ``floor``), capped by ``max_bytes``;
+  one-item dict 224, rounded up as the allocator does), container growth, and the
+  decoder's own stack, against ``ratio`` times the frame size (at least ``floor``),
+  capped by ``max_bytes``;
+* **work** - value records, references and lone surrogates cost the host far more
+  time than their bytes suggest; each is charged what it takes, against ``work_ratio``
+  per byte of the frame (at least ``work_floor``);
 * **objects created**, **keys** put into dicts and sets, **int size** (bytes of one
-  int), and a hook that stops decoding when the sandbox has been killed meanwhile;
+  int), **string size** (host memory of one str), and a hook that stops decoding when
+  the sandbox has been killed meanwhile (polled at every frame, at least every 128 KiB);
 * **hash flooding** - ints, floats, tuples and frozensets hash the same way in every
   process, so a sandbox could send thousands of keys with one hash and make each
-  insertion scan all the others. Every key's hash is counted per container, and more
-  than ``max_same_hash`` keys with one full hash is refused; that keeps building any
-  dict or set linear.
+  insertion compare against all the others. Every key's hash is counted per container,
+  and more than ``max_same_hash`` keys with one full hash is refused; a key holding
+  many values (a long tuple, a frozenset) counts as several, and may hold at most
+  ``max_key_values`` values, so hashing and comparing keys stays linear.
 
-No single C call works on more than a bounded slice of the body: long strings are
-decoded in pieces, and runs of small numbers are unpacked in batches, so the GIL is
-released between steps and other sandboxes' calls go on.
+No single C call works on more than a bounded slice of the body: batches are at most
+1000 items, long strings are decoded in pieces, long tuples are built in chunks, and
+runs of small numbers and constants are unpacked in batches, so the GIL is released
+between steps and other sandboxes' calls go on.
 
 References (persistent ids) are built as plain tuples and handed to the ``ref``
 callback the moment they are complete; it checks them against the connection's own
@@ -41,6 +59,8 @@ they can never reach a host object.
 from __future__ import annotations
 
 import codecs
+import itertools
+import re
 import struct
 import sys
 from typing import Any, Callable
@@ -60,37 +80,49 @@ class Budget:
 
     ``ratio`` and ``floor``: decoded objects may take ``ratio`` times the frame's size
     in host memory, and at least ``floor`` bytes; ``max_bytes`` caps that
-    (``Limits.max_decoded_mb``). ``max_objects``: objects created (small ints, one-
-    character strings, ``None`` and the booleans are shared and not counted).
-    ``max_keys``: dict and set entries in one message. ``max_int_bytes``: the size of
-    one int in bytes (about 2.4 decimal digits per byte). ``max_same_hash``: keys of
-    one container with the same full hash. ``stop``: called every
-    ``check_every`` bytes; returns an exception to raise when decoding must end (the
-    sandbox was killed meanwhile), else None.
+    (``Limits.max_decoded_mb``). ``work_ratio`` and ``work_floor``: the same for work
+    (in nanoseconds of a slow host): value records, references and lone surrogates.
+    ``max_objects``: objects created (small ints, one-character strings, ``None`` and
+    the booleans are shared and not counted). ``max_keys``: dict and set entries in one
+    message. ``max_int_bytes``: the size of one int in bytes (about 2.4 decimal digits
+    per byte). ``max_string_bytes``: host memory of one str. ``max_same_hash``: keys of
+    one container with the same full hash. ``max_key_values``: values held by one key
+    (a tuple's items, all the way down). ``stop``: called at every frame; returns an
+    exception to raise when decoding must end (the sandbox was killed meanwhile), else
+    None.
     """
 
-    __slots__ = ("ratio", "floor", "max_bytes", "max_objects", "max_keys", "max_int_bytes",
-                 "max_same_hash", "max_depth", "stop", "check_every")
+    __slots__ = ("ratio", "floor", "max_bytes", "work_ratio", "work_floor", "max_objects", "max_keys",
+                 "max_int_bytes", "max_string_bytes", "max_same_hash", "max_key_values", "max_depth",
+                 "stop")
 
-    def __init__(self, *, ratio: int = 15, floor: int = 16 * _MIB, max_bytes: int = 512 * _MIB,
-                 max_objects: int = 8_000_000, max_keys: int = 4_000_000, max_int_bytes: int = 8192,
-                 max_same_hash: int = 8, max_depth: int = MAX_DEPTH,
-                 stop: Callable[[], BaseException | None] | None = None,
-                 check_every: int = 65536) -> None:
+    def __init__(self, *, ratio: int = 14, floor: int = 8 * _MIB, max_bytes: int = 512 * _MIB,
+                 work_ratio: int = 40, work_floor: int = 4_000_000, max_objects: int = 8_000_000,
+                 max_keys: int = 4_000_000, max_int_bytes: int = 8192, max_string_bytes: int = 64 * _MIB,
+                 max_same_hash: int = 8, max_key_values: int = 65536, max_depth: int = MAX_DEPTH,
+                 stop: Callable[[], BaseException | None] | None = None) -> None:
         self.ratio = ratio
         self.floor = floor
         self.max_bytes = max_bytes
+        self.work_ratio = work_ratio
+        self.work_floor = work_floor
         self.max_objects = max_objects
         self.max_keys = max_keys
         self.max_int_bytes = max_int_bytes
+        self.max_string_bytes = max_string_bytes
         self.max_same_hash = max_same_hash
+        self.max_key_values = max_key_values
         self.max_depth = max_depth
         self.stop = stop
-        self.check_every = check_every
 
     def memory_for(self, frame_size: int) -> int:
         """Bytes of host memory a message of ``frame_size`` bytes may decode into."""
         return min(self.max_bytes, max(self.floor, self.ratio * frame_size))
+
+    def work_for(self, frame_size: int) -> int:
+        """Work (nanoseconds of a slow host) decoding a message of ``frame_size`` bytes
+        may take in value records, references and lone surrogates."""
+        return self.work_floor + self.work_ratio * frame_size
 
 
 DEFAULT_BUDGET = Budget()
@@ -127,23 +159,67 @@ OPCODES = frozenset({
     _EMPTY_DICT, _SETITEM, _SETITEMS, _EMPTY_SET, _ADDITEMS, _BINPERSID,
 })
 
-# Real sizes of what the decoder makes (CPython's, read at import).
+#: What the pickler puts in one frame (it starts a new one past this), and so the
+#: size from which it writes a string or bytes outside frames.
+FRAME_TARGET = 64 * 1024
+#: Longest frame the pickler writes: it starts a new frame before an object once the
+#: frame holds the target, so a frame is at most the target, one leaf value (under
+#: the target), and the closing opcodes that follow it (a few per level of nesting).
+MAX_FRAME = 2 * FRAME_TARGET + 1024
+#: Items per APPENDS, SETITEMS (pairs) and ADDITEMS batch.
+BATCH = 1000
+
+# Real sizes of what the decoder makes (CPython's, read at import), rounded up to the
+# allocator's 16-byte granules.
+
+
+def _r16(size: int) -> int:
+    return (size + 15) & -16
+
+
 _getsizeof = sys.getsizeof
-_SZ_INT = _getsizeof(1 << 40)  # a 2-digit int: what BININT and BININT2 can make
-_SZ_FLOAT = _getsizeof(1.0)
-_SZ_LIST = _getsizeof([])
-_SZ_DICT = _getsizeof({})
-_SZ_SET = _getsizeof(set())
-_SZ_TUPLE = _getsizeof(())
-_SZ_BYTES = _getsizeof(b"")
-_SZ_BYTEARRAY = _getsizeof(bytearray(1))
-#: What the decoder's own bookkeeping costs per container on its stack (a stack slot,
-#: the position and depth slots, and the position's int).
-_BOOK = 8 + 16 + 32
-#: Items unpacked per step in a run of fixed-width numbers.
+_SZ_INT = _r16(_getsizeof(1 << 40))  # a 2-digit int: what BININT and BININT2 can make
+_SZ_FLOAT = _r16(_getsizeof(1.0))
+_SZ_LIST = _r16(_getsizeof([]))
+_SZ_DICT = _r16(_getsizeof({}))
+_SZ_DICT1 = _r16(_getsizeof({1: 2}))
+_SZ_SET = _r16(_getsizeof(set()))
+_SZ_TUPLE0 = _getsizeof(())
+_SZ_BYTES0 = _getsizeof(b"")
+_SZ_BYTEARRAY0 = _getsizeof(bytearray(1)) - 1
+#: What the decoder's own bookkeeping costs per container on its stack (the position
+#: and depth slots, and the depth entry's int).
+_BOOK = 16 + 32
+#: Memory of a tuple of 1-3 items, with the bookkeeping.
+_SZ_T = (0, _r16(_SZ_TUPLE0 + 8) + _BOOK, _r16(_SZ_TUPLE0 + 16) + _BOOK, _r16(_SZ_TUPLE0 + 24) + _BOOK)
+#: A stack slot (the list over-allocates by an eighth).
+_SLOT = 9
+#: What an item under construction costs in a depth entry: depth in the low bits,
+#: then the number of values the container holds (all the way down).
+_DBITS = 7
+_DMASK = (1 << _DBITS) - 1
+#: Items unpacked per step in a run of fixed-width numbers, or of constants.
 _RUN = 1024
 #: Strings longer than this are decoded in pieces of this size.
-_TEXT_PIECE = 1 << 22
+_TEXT_PIECE = 1 << 20
+#: ... and in pieces of this size when they hold lone surrogates (slow to decode).
+_SURROGATE_PIECE = 1 << 16
+#: Tuples longer than this are built in chunks of this size.
+_TUPLE_CHUNK = 1 << 16
+
+# Work, in nanoseconds of a slow host (measured on a 2-core VM), of what is charged.
+_WORK_SURROGATE = 300
+_WORK_REF = {"r": 800, "c": 4000}
+_WORK_MEMBER = 2000  # per member of an interface descriptor
+_WORK_RECORD = {
+    "complex": 1200, "date": 1200, "time": 2500, "datetime": 3000, "timedelta": 1500,
+    "timezone": 2000, "Decimal": 1500, "Fraction": 2500, "UUID": 1500, "ndarray": 6000,
+    "vt": 5000, "frozenset": 1000,
+}
+_WORK_OTHER = 5000
+#: Memory of what a reference resolves to that the decoder cannot see (a new proxy
+#: and its table entry).
+_MEM_REF = {"r": 16, "c": 1024}
 
 #: Key types whose hashing and comparison is data-only (values the decoder or the value
 #: records make).
@@ -183,6 +259,20 @@ except ImportError:  # pragma: no cover - pure-Python fallback
         for elem in iterable:
             mapping[elem] = get(elem, 0) + 1
 
+#: The one-byte constants, by opcode (``_NO`` for every other byte).
+_NO: Any = object()
+_C1: list = [_NO] * 256
+_C1[_NONE], _C1[_TRUE], _C1[_FALSE], _C1[_EMPTY_TUPLE] = None, True, False, ()
+_C1_BYTES = bytes((_NONE, _TRUE, _FALSE, _EMPTY_TUPLE))
+_c1_get = _C1.__getitem__
+#: One-character strings of one UTF-8 byte (the interpreter shares them).
+_CHR1: list = [chr(b) for b in range(128)] + [None] * 128
+#: Lone surrogates as ``surrogatepass`` writes them.
+_SURROGATE = re.compile(rb"\xed[\xa0-\xbf][\x80-\xbf]")
+_FOUR_BYTE = re.compile(rb"[\xf0-\xf4]")
+_WIDE = re.compile(rb"[\xc4-\xf4]")
+_CONTINUATION = bytes(range(0x80, 0xC0))
+
 
 def _bad(what: str) -> ProtocolError:
     return ProtocolError(f"malformed body: {what}")
@@ -196,15 +286,18 @@ def _forbidden(op: int, at: int) -> ProtocolError:
     return ProtocolError(f"forbidden pickle opcode {_NAMES[op]} (0x{op:02x}) at offset {at}")
 
 
-def _text(body: Any, start: int, end: int) -> str:
-    if end - start <= _TEXT_PIECE:
-        return str(body[start:end], "utf-8", "surrogatepass")
-    # In pieces, so no single C call holds the GIL for long.
-    dec = codecs.getincrementaldecoder("utf-8")("surrogatepass")
-    view = memoryview(body)
-    parts = [dec.decode(view[p:min(p + _TEXT_PIECE, end)], p + _TEXT_PIECE >= end)
-             for p in range(start, end, _TEXT_PIECE)]
-    return "".join(parts)
+def _too_deep(limit: int) -> ProtocolError:
+    return ProtocolError(f"message nested deeper than {limit} levels")
+
+
+def _over_memory(mem: int, limit: int, n: int) -> ProtocolError:
+    return _over(f"decoding it would take more than {limit // 1024} KiB of host memory "
+                 f"(it reached {mem // 1024} KiB from a {n}-byte frame; see Limits.max_decoded_mb)")
+
+
+def _over_work(limit: int, n: int) -> ProtocolError:
+    return _over(f"its value records, references and lone surrogates would take the host more than "
+                 f"{limit // 1_000_000} ms to build for a {n}-byte frame (send fewer, or plainer data)")
 
 
 def _gather(body: Any, start: int, count: int, width: int, fmt: str, big_endian: bool) -> list:
@@ -226,8 +319,9 @@ def _gather(body: Any, start: int, count: int, width: int, fmt: str, big_endian:
 #
 # Most messages are a call with a few scalar arguments, or an answer that is one
 # scalar. These two readers handle exactly those shapes, with the same reading of
-# each opcode as decode(), and return None for anything else (decode() then reads
-# the body and names what is wrong). Small by construction: no budget can be reached.
+# each opcode as decode(), and return a "not small" answer for anything else (decode()
+# then reads the body and names what is wrong). Small by construction: no budget can
+# be reached (strings with lone surrogates, which cost work, are left to decode()).
 
 
 def _scalar(body: Any, i: int, n: int) -> tuple[Any, int]:
@@ -240,7 +334,7 @@ def _scalar(body: Any, i: int, n: int) -> tuple[Any, int]:
         j = i + 2 + body[i + 1]
         if j > n:
             return _NO, i
-        return str(body[i + 2:j], "utf-8", "surrogatepass"), j
+        return str(body[i + 2:j], "utf-8"), j
     if op == 0x4A:
         return _unpack_i(body, i + 1)[0], i + 5
     if op == 0x4E:
@@ -266,19 +360,17 @@ def _scalar(body: Any, i: int, n: int) -> tuple[Any, int]:
     return _NO, i
 
 
-_NO: Any = object()
-
-
 def _frame_start(body: Any, start: int, n: int) -> int:
-    """Offset after PROTO 5 and a FRAME covering the rest; -1 if the head is otherwise."""
+    """Offset after PROTO 5 and a FRAME covering the rest (or no frame, for at most 3
+    bytes); -1 if the head is otherwise."""
     if body[start] != 0x80 or body[start + 1] != 5:
         return -1
     i = start + 2
     if body[i] == 0x95:
-        if n - i < 10 or _unpack_Q(body, i + 1)[0] != n - i - 9:
+        if n - i < 13 or _unpack_Q(body, i + 1)[0] != n - i - 9 or n - i - 9 > MAX_FRAME:
             return -1
-        i += 9
-    return i
+        return i + 9
+    return i if n - i < 4 else -1
 
 
 def small_answer(body: Any, start: int) -> Any:
@@ -309,7 +401,7 @@ def small_call(body: Any, start: int) -> tuple | None:
             j = i + 2 + body[i + 1]
             if j > n:
                 return None
-            name: Any = str(body[i + 2:j], "utf-8", "surrogatepass")
+            name: Any = str(body[i + 2:j], "utf-8")
             i = j
         elif op == 0x4E:
             name = None
@@ -333,7 +425,7 @@ def small_call(body: Any, start: int) -> tuple | None:
                 if value is _NO or len(items) >= 16:
                     return None
                 items.append(value)
-            if not marked and len(items) != op - 0x84:
+            if len(items) != op - 0x84 if not marked else len(items) < 4:
                 return None
             args = tuple(items)
             i += 1
@@ -355,11 +447,14 @@ class _NotSmall:
 NOT_SMALL: Any = _NotSmall()
 
 
+# --------------------------------------------------------------------------- decode
+
+
 def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDGET, start: int = 0) -> Any:
     """Build the value the pickle in ``body[start:]`` holds, or raise :class:`ProtocolError`.
 
     ``ref`` turns a persistent id (a tuple built by this decoder) into the object it
-    stands for, or raises. The memory budget is reckoned from ``len(body)``.
+    stands for, or raises. The budgets are reckoned from ``len(body)``.
     """
     n = len(body)
     if n - start < 3 or body[start] != 0x80 or body[start + 1] != 5:
@@ -368,292 +463,425 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
         raise _bad("truncated pickle, or bytes after STOP (the body does not end with STOP)")
     stack: list = []
     push = stack.append
-    # Containers on the stack: their positions (ascending) and nesting depths. Scalars
-    # have depth 0 and no entry, so the common pushes cost nothing extra.
+    # Containers on the stack: their positions (ascending) and depth entries (depth,
+    # and the number of values they hold). Scalars have depth 0 and no entry, so the
+    # common pushes cost nothing extra.
     cpos: list = []
     cdep: list = []
     marks: list = []
-    mem = objs = keys = nrefs = 0
-    checkpoint = start + budget.check_every
-    frame_end = i = start + 2
+    base = 0  # where the innermost MARK is (nothing below it may be taken)
+    mem = objs = keys = work = nrefs = 0
+    lim = budget.memory_for(n)
+    wlim = budget.work_for(n)
+    maxd = budget.max_depth
     hashes: dict = {}  # id(container) -> {hash: count}, for containers with many keys
+    pos = start + 2  # where the next frame (or what stands outside frames) begins
+    buf: Any = b""
+    i = 0
+    sbase = pos
     try:
         while True:
-            op = body[i]
-            # -- scalars, in rough order of how often they come ----------------------
-            if op == 0x4B:
-                push(body[i + 1])
-                i += 2
-            elif op == 0x8C:
-                j = i + 2 + body[i + 1]
-                if j > n:
+            # -- the next segment: a frame, or what the pickler writes outside frames --
+            if body[pos] == 0x95:
+                if n - pos < 9:
                     raise _bad("truncated pickle")
-                s = str(body[i + 2:j], "utf-8", "surrogatepass")
-                push(s)
-                if j - i > 3:  # one-character strings are shared
-                    mem += _getsizeof(s)
+                flen = _unpack_Q(body, pos + 1)[0]
+                sbase = pos + 9
+                if sbase + flen > n:
+                    raise _bad("truncated pickle (FRAME longer than the body)")
+                if flen < 4 or flen > MAX_FRAME:
+                    raise _bad(f"a FRAME of {flen} bytes at offset {pos} (the pickler writes 4 to {MAX_FRAME})")
+                framed = True
+                buf = body[sbase:sbase + flen] + b"\0"
+            else:
+                framed = False
+                sbase = pos
+                buf = body[pos:pos + 3] + b"\0"
+            seglen = len(buf) - 1
+            i = 0
+            while True:
+                op = buf[i]
+                # -- scalars, in rough order of how often they come ----------------------
+                if op == 0x4B:
+                    push(buf[i + 1])
+                    i += 2
+                elif (c := _C1[op]) is not _NO:
+                    if _C1[buf[i + 1]] is _NO:
+                        push(c)
+                        i += 1
+                    else:  # a run of constants
+                        w = buf[i:i + _RUN]
+                        r = len(w) - len(w.lstrip(_C1_BYTES))
+                        stack.extend(map(_c1_get, w[:r]))
+                        i += r
+                elif op == 0x8C:
+                    j = i + 2 + buf[i + 1]
+                    if j > seglen:
+                        raise _bad("truncated pickle (a string runs past the end of its frame)")
+                    if j - i > 3:
+                        try:
+                            s = str(buf[i + 2:j], "utf-8")
+                        except UnicodeDecodeError:
+                            s, w = _text_slow(buf, i + 2, j)
+                            work += w
+                            if work > wlim:
+                                raise _over_work(wlim, n) from None
+                        mem += (_getsizeof(s) + 15) & -16
+                        objs += 1
+                        if mem > lim:
+                            raise _over_memory(mem, lim, n)
+                    elif j - i == 3:
+                        s = _CHR1[buf[i + 2]]
+                        if s is None:
+                            raise _bad("invalid UTF-8 in a string: invalid start byte")
+                    else:
+                        s = ""
+                    push(s)
+                    i = j
+                elif op == 0x87 or op == 0x86 or op == 0x85:
+                    k = op - 0x84
+                    m = len(stack) - k
+                    if m < base:
+                        raise _bad("stack underflow")
+                    if k == 1:
+                        stack[-1] = (stack[-1],)
+                    elif k == 2:
+                        t = (stack[-2], stack[-1])
+                        del stack[-1]
+                        stack[-1] = t
+                    else:
+                        t = (stack[-3], stack[-2], stack[-1])
+                        del stack[-2:]
+                        stack[-1] = t
+                    if cpos and cpos[-1] >= m:
+                        d = 1
+                        w = k
+                        while cpos and cpos[-1] >= m:
+                            cpos.pop()
+                            x = cdep.pop()
+                            mem -= _BOOK
+                            w += x >> _DBITS
+                            if x & _DMASK >= d:
+                                d = (x & _DMASK) + 1
+                        if d > maxd:
+                            raise _too_deep(maxd)
+                        cdep.append(d | (w << _DBITS))
+                    else:
+                        cdep.append(1 | (k << _DBITS))
+                    cpos.append(m)
+                    mem += _SZ_T[k]
                     objs += 1
-                i = j
-            elif op == 0x4A:
-                push(_unpack_i(body, i + 1)[0])
-                mem += _SZ_INT
-                objs += 1
-                i += 5
-            elif op == 0x87 or op == 0x86 or op == 0x85:
-                k = op - 0x84
-                m = len(stack) - k
-                if m < (marks[-1] if marks else 0):
-                    raise _bad("stack underflow")
-                t = tuple(stack[m:])
-                del stack[m:]
-                d = 1
-                if cpos and cpos[-1] >= m:
-                    while cpos and cpos[-1] >= m:
-                        cpos.pop()
-                        x = cdep.pop() + 1
-                        mem -= _BOOK
-                        if x > d:
-                            d = x
-                    if d > budget.max_depth:
-                        raise _too_deep(budget.max_depth)
-                cpos.append(m)
-                cdep.append(d)
-                push(t)
-                mem += _SZ_TUPLE + 8 * k + _BOOK
-                objs += 1
-                i += 1
-            elif op == 0x4E:
-                push(None)
-                i += 1
-            elif op == 0x2E:
-                if i != n - 1:
-                    raise _bad(f"{n - i - 1} bytes after STOP")
-                if len(stack) != 1 or marks:
-                    raise _bad("STOP with " + ("an open MARK" if marks else f"{len(stack)} values on the stack"))
-                return stack[0]
-            elif op == 0x28:
-                marks.append(len(stack))
-                i += 1
-                w = _RUNS.get(body[i])
-                if w is not None and i + _MIN_RUN * w < n and body[i + _MIN_RUN * w] == body[i] and \
-                        body[i:i + _MIN_RUN * w:w] == _RUN_PREFIX[body[i]]:
-                    i, mem, objs = _run(body, i, stack, mem, objs)
-            elif op == 0x29:
-                push(())
-                i += 1
-            elif op == 0x88:
-                push(True)
-                i += 1
-            elif op == 0x89:
-                push(False)
-                i += 1
-            elif op == 0x4D:
-                v = _unpack_H(body, i + 1)[0]
-                push(v)
-                if v > 256:
+                    i += 1
+                    if mem > lim:
+                        raise _over_memory(mem, lim, n)
+                elif op == 0x4A:
+                    push(_unpack_i(buf, i + 1)[0])
                     mem += _SZ_INT
                     objs += 1
-                i += 3
-            elif op == 0x47:
-                push(_unpack_d(body, i + 1)[0])
-                mem += _SZ_FLOAT
-                objs += 1
-                i += 9
-            elif op == 0x95:
-                if i < frame_end:
-                    raise _bad(f"FRAME at offset {i} inside the previous frame")
-                frame_end = i + 9 + _unpack_Q(body, i + 1)[0]
-                i += 9
-                if frame_end > n:
-                    raise _bad("truncated pickle (FRAME longer than the body)")
-            # -- containers -------------------------------------------------------
-            elif op == 0x5D or op == 0x7D or op == 0x8F:
-                cpos.append(len(stack))
-                cdep.append(1)
-                if op == 0x5D:
-                    push([])
-                    mem += _SZ_LIST + _BOOK
-                elif op == 0x7D:
-                    push({})
-                    mem += _SZ_DICT + _BOOK
-                else:
-                    push(set())
-                    mem += _SZ_SET + _BOOK
-                objs += 1
-                i += 1
-                if mem > budget.memory_for(n):
-                    raise _over_memory(mem, budget.memory_for(n), n)
-            elif op == 0x65 or op == 0x75 or op == 0x90 or op == 0x74:
-                if not marks:
-                    raise _bad(f"{_NAMES[op]} without MARK")
-                m = marks.pop()
-                items = stack[m:]
-                k = len(items)
-                d = 1
-                while cpos and cpos[-1] >= m:
-                    cpos.pop()
-                    x = cdep.pop() + 1
-                    mem -= _BOOK
-                    if x > d:
-                        d = x
-                if d > budget.max_depth:
-                    raise _too_deep(budget.max_depth)
-                if op == 0x74:
-                    del stack[m:]
-                    obj: Any = tuple(items)
-                    mem += _SZ_TUPLE + 8 * k + _BOOK
-                    cpos.append(m)
-                    cdep.append(d)
-                    if k:
+                    i += 5
+                elif op == 0x28:
+                    if len(marks) >= maxd:
+                        raise _too_deep(maxd)
+                    base = len(stack)
+                    marks.append(base)
+                    i += 1
+                    w = _RUNS.get(buf[i])
+                    if w is not None and i + _MIN_RUN * w < seglen and buf[i + _MIN_RUN * w] == buf[i] and \
+                            buf[i:i + _MIN_RUN * w:w] == _RUN_PREFIX[buf[i]]:
+                        i, mem, objs = _run(buf, i, seglen, stack, mem, objs)
+                        if mem > lim:
+                            raise _over_memory(mem, lim, n)
+                elif op == 0x4D:
+                    v = _unpack_H(buf, i + 1)[0]
+                    push(v)
+                    if v > 256:
+                        mem += _SZ_INT
                         objs += 1
-                    push(obj)
-                else:
-                    if m < 1 or (marks and marks[-1] >= m) or not cpos or cpos[-1] != m - 1:
-                        raise _bad(f"{_NAMES[op]} with nothing to add to")
-                    target = stack[m - 1]
-                    before = _getsizeof(target)
-                    if op == 0x65:
-                        if type(target) is not list:
-                            raise _bad(f"APPENDS to a {type(target).__name__}")
-                        target.extend(items)
+                    i += 3
+                elif op == 0x47:
+                    push(_unpack_d(buf, i + 1)[0])
+                    mem += _SZ_FLOAT
+                    objs += 1
+                    i += 9
+                elif op == 0x43:
+                    j = i + 2 + buf[i + 1]
+                    if j > seglen:
+                        raise _bad("truncated pickle (bytes run past the end of their frame)")
+                    push(bytes(buf[i + 2:j]))
+                    if j - i > 3:
+                        mem += _r16(_SZ_BYTES0 + j - i - 2)
+                        objs += 1
+                    i = j
+                # -- containers -------------------------------------------------------
+                elif op == 0x5D or op == 0x7D or op == 0x8F:
+                    cpos.append(len(stack))
+                    cdep.append(1)
+                    if op == 0x5D:
+                        push([])
+                        mem += _SZ_LIST + _BOOK
+                    elif op == 0x7D:
+                        push({})
+                        mem += _SZ_DICT + _BOOK
                     else:
-                        if op == 0x75:
-                            if type(target) is not dict:
-                                raise _bad(f"SETITEMS on a {type(target).__name__}")
+                        push(set())
+                        mem += _SZ_SET + _BOOK
+                    objs += 1
+                    i += 1
+                    if mem > lim:
+                        raise _over_memory(mem, lim, n)
+                elif op == 0x65 or op == 0x75 or op == 0x90 or op == 0x74:
+                    if not marks:
+                        raise _bad(f"{_NAMES[op]} without MARK")
+                    m = marks.pop()
+                    base = marks[-1] if marks else 0
+                    k = len(stack) - m
+                    d = 1
+                    w = k
+                    heavy = None
+                    while cpos and cpos[-1] >= m:
+                        p = cpos.pop()
+                        x = cdep.pop()
+                        mem -= _BOOK
+                        w += x >> _DBITS
+                        if x & _DMASK >= d:
+                            d = (x & _DMASK) + 1
+                        if x >> _DBITS > _LIGHT_KEY and op != 0x74 and op != 0x65:
+                            if heavy is None:
+                                heavy = {}
+                            heavy[p - m] = x >> _DBITS
+                    if d > maxd:
+                        raise _too_deep(maxd)
+                    if op == 0x74:
+                        if k < 4:
+                            raise _bad(f"a tuple of {k} items written with MARK and TUPLE "
+                                       "(the pickler writes EMPTY_TUPLE or TUPLE1-3)")
+                        if mem + _SLOT * len(stack) + 8 * k > lim:
+                            raise _over_memory(mem + _SLOT * len(stack) + 8 * k, lim, n)
+                        if k > _TUPLE_CHUNK:
+                            obj: Any = _big_tuple(stack, m, budget.stop)
+                        else:
+                            obj = tuple(stack[m:])
+                            del stack[m:]
+                        mem += _r16(_SZ_TUPLE0 + 8 * k) + _BOOK
+                        cpos.append(m)
+                        cdep.append(d | (w << _DBITS))
+                        objs += 1
+                        push(obj)
+                    else:
+                        if m < 1 or not cpos or cpos[-1] != m - 1:
+                            raise _bad(f"{_NAMES[op]} with nothing to add to")
+                        target = stack[m - 1]
+                        tt = type(target)
+                        if tt is not (list if op == 0x65 else dict if op == 0x75 else set):
+                            raise _bad(f"{_NAMES[op]} {'on' if op == 0x75 else 'to'} a {tt.__name__}")
+                        size = len(target)
+                        if size % BATCH:
+                            raise _bad(f"{_NAMES[op]} after a batch of fewer than {BATCH} items")
+                        before = _getsizeof(target)
+                        items = stack[m:]
+                        del stack[m:]
+                        if op == 0x65:
+                            if k > BATCH or k == 0 or k == 1 and not size:
+                                raise _bad(f"APPENDS of {k} items (the pickler writes 1 to {BATCH}, "
+                                           "and a one-item list with APPEND)")
+                            target.extend(items)
+                        elif op == 0x75:
                             if k & 1:
                                 raise _bad("SETITEMS with an odd number of items")
+                            if k > 2 * BATCH or k < 4 and not size:
+                                raise _bad(f"SETITEMS of {k // 2} pairs (the pickler writes 2 to {BATCH}, "
+                                           "a one-item dict with SETITEM, and an empty last batch only "
+                                           f"after a multiple of {BATCH})")
                             ks = items[0::2]
-                            mem += _check_keys(hashes, target, ks, budget.max_same_hash, nrefs)
+                            mem += _check_keys(hashes, target, ks, budget, nrefs, heavy, 2)
                             keys += k >> 1
                             target.update(zip(ks, items[1::2]))
                         else:
-                            if type(target) is not set:
-                                raise _bad(f"ADDITEMS to a {type(target).__name__}")
-                            mem += _check_keys(hashes, target, items, budget.max_same_hash, nrefs)
+                            if k > BATCH or k == 0 and not size:
+                                raise _bad(f"ADDITEMS of {k} items (the pickler writes 1 to {BATCH}, and an "
+                                           f"empty last batch only after a multiple of {BATCH})")
+                            mem += _check_keys(hashes, target, items, budget, nrefs, heavy, 1)
                             keys += k
                             target.update(items)
-                    mem += _getsizeof(target) - before
-                    del stack[m:]
-                    if d > cdep[-1]:
-                        cdep[-1] = d
-                limit = budget.memory_for(n)
-                if mem + 8 * k > limit:
-                    raise _over_memory(mem + 8 * k, limit, n)
-                if keys > budget.max_keys:
-                    raise _over(f"more than {budget.max_keys} dict and set entries")
-                i += 1
-            elif op == 0x61 or op == 0x73:
-                k = 1 if op == 0x61 else 2
-                m = len(stack) - k
-                if m - 1 < (marks[-1] if marks else 0) or not cpos:
-                    raise _bad(f"{_NAMES[op]} with nothing to add to")
-                d = 1
-                while cpos[-1] >= m:
-                    cpos.pop()
-                    x = cdep.pop() + 1
-                    mem -= _BOOK
-                    if x > d:
-                        d = x
-                    if not cpos:
+                        mem += _getsizeof(target) - before
+                        x = cdep[-1]
+                        w += x >> _DBITS
+                        cdep[-1] = (d if d > x & _DMASK else x & _DMASK) | (w << _DBITS)
+                        if keys > budget.max_keys:
+                            raise _over(f"more than {budget.max_keys} dict and set entries")
+                    if mem > lim:
+                        raise _over_memory(mem, lim, n)
+                    i += 1
+                elif op == 0x61 or op == 0x73:
+                    k = 1 if op == 0x61 else 2
+                    m = len(stack) - k
+                    if m - 1 < base or not cpos:
                         raise _bad(f"{_NAMES[op]} with nothing to add to")
-                if d > budget.max_depth:
-                    raise _too_deep(budget.max_depth)
-                if cpos[-1] != m - 1:
-                    raise _bad(f"{_NAMES[op]} with nothing to add to")
-                target = stack[m - 1]
-                before = _getsizeof(target)
-                if op == 0x61:
-                    if type(target) is not list:
-                        raise _bad(f"APPEND to a {type(target).__name__}")
-                    target.append(stack[-1])
+                    d = 1
+                    w = k
+                    heavy = None
+                    while cpos[-1] >= m:
+                        p = cpos.pop()
+                        x = cdep.pop()
+                        mem -= _BOOK
+                        w += x >> _DBITS
+                        if x & _DMASK >= d:
+                            d = (x & _DMASK) + 1
+                        if p == m and op == 0x73:
+                            heavy = x >> _DBITS
+                        if not cpos:
+                            raise _bad(f"{_NAMES[op]} with nothing to add to")
+                    if d > maxd:
+                        raise _too_deep(maxd)
+                    if cpos[-1] != m - 1:
+                        raise _bad(f"{_NAMES[op]} with nothing to add to")
+                    target = stack[m - 1]
+                    if op == 0x61:
+                        if type(target) is not list:
+                            raise _bad(f"APPEND to a {type(target).__name__}")
+                        if target:
+                            raise _bad("APPEND to a list that has items (the pickler writes APPENDS)")
+                        target.append(stack[-1])
+                        mem += 16  # the list's item array
+                    else:
+                        if type(target) is not dict:
+                            raise _bad(f"SETITEM on a {type(target).__name__}")
+                        if target:
+                            raise _bad("SETITEM on a dict that has items (the pickler writes SETITEMS)")
+                        key = stack[-2]
+                        if nrefs and type(key) not in _DATA_KEYS:
+                            _check_key(key, 0)
+                        if heavy is not None and heavy > budget.max_key_values:
+                            raise _heavy_key(heavy, budget.max_key_values)
+                        keys += 1
+                        target[key] = stack[-1]
+                        mem += _SZ_DICT1 - _SZ_DICT
+                    del stack[m:]
+                    x = cdep[-1]
+                    cdep[-1] = (d if d > x & _DMASK else x & _DMASK) | (((x >> _DBITS) + w) << _DBITS)
+                    i += 1
+                    if mem > lim:
+                        raise _over_memory(mem, lim, n)
+                elif op == 0x51:
+                    if len(stack) <= base:
+                        raise _bad("stack underflow")
+                    pid = stack[-1]
+                    if type(pid) is not tuple or not pid:
+                        raise ProtocolError("malformed reference")
+                    kind = pid[0]
+                    if kind == "v" and len(pid) == 3 and pid[1] == "frozenset":
+                        # A frozenset (the sandbox's pickler writes them as records of a
+                        # set, whose items were checked as it was built).
+                        items = pid[2]
+                        if type(items) is not set:
+                            raise ProtocolError("bad frozenset record")
+                        size = _getsizeof(items)
+                        if mem + size > lim:
+                            raise _over_memory(mem + size, lim, n)
+                        obj = frozenset(items)
+                        mem += _r16(_getsizeof(obj)) - size  # the set goes with the record
+                        work += _WORK_RECORD["frozenset"]
+                        stack[-1] = obj
+                        pid = items = None
+                    else:
+                        work += _ref_work(pid)
+                        if work > wlim:
+                            raise _over_work(wlim, n)
+                        obj = ref(pid)
+                        stack[-1] = obj  # keeps the id tuple's depth entry
+                        nrefs += 1
+                        t = type(obj)
+                        mem += _MEM_REF.get(kind, 0) if kind != "v" else \
+                            _r16(_getsizeof(obj)) if t in _DATA_KEYS or t.__name__ == "ndarray" else 256
+                    objs += 1
+                    i += 1
+                # -- the end of a segment ----------------------------------------------
+                elif op == 0 and i == seglen:
+                    if not framed:
+                        if sbase + seglen >= n:
+                            raise _bad("truncated pickle")
+                        raise _bad(f"more than 3 bytes of opcodes outside a frame at offset {sbase}")
+                    pos = sbase + seglen
+                    break
+                # -- long scalars -------------------------------------------------------
+                elif op == 0x58 or op == 0x42 or op == 0x96:
+                    p = sbase + i
+                    if op == 0x96:
+                        a = p + 9
+                        j = a + _unpack_Q(body, p + 1)[0]
+                    else:
+                        a = p + 5
+                        j = a + _unpack_I(body, p + 1)[0]
+                    size = j - a
+                    if j > n - 1:
+                        raise _bad("truncated pickle")
+                    if framed:
+                        if j > sbase + seglen:
+                            raise _bad("truncated pickle (a string or bytes runs past the end of its frame)")
+                        if size >= FRAME_TARGET:
+                            raise _bad(f"{size} bytes of {_NAMES[op]} inside a frame (the pickler writes "
+                                       f"{FRAME_TARGET} bytes or more outside frames)")
+                    elif size < FRAME_TARGET:
+                        raise _bad(f"{size} bytes of {_NAMES[op]} outside a frame (the pickler writes "
+                                   f"fewer than {FRAME_TARGET} bytes inside frames)")
+                    if op == 0x58:
+                        obj, w, sm = _text(body, a, j, budget, lim - mem, wlim - work, n)
+                        work += w
+                        mem += sm
+                    else:
+                        sm = _r16((_SZ_BYTEARRAY0 if op == 0x96 else _SZ_BYTES0) + size)
+                        if mem + sm > lim:
+                            raise _over_memory(mem + sm, lim, n)
+                        view = memoryview(body)[a:j]
+                        obj = bytearray(view) if op == 0x96 else bytes(view)
+                        del view
+                        mem += sm
+                    push(obj)
+                    objs += 1
+                    if mem > lim:
+                        raise _over_memory(mem, lim, n)
+                    if framed:
+                        i = j - sbase
+                    else:
+                        pos = j
+                        break
+                elif op == 0x8A or op == 0x8B:
+                    if op == 0x8A:
+                        a = i + 2
+                        size = buf[i + 1]
+                    else:
+                        a = i + 5
+                        size = _unpack_I(buf, i + 1)[0]
+                        if size > budget.max_int_bytes:
+                            raise _over(f"an int of {size} bytes (at most {budget.max_int_bytes})")
+                    j = a + size
+                    if j > seglen:
+                        raise _bad("truncated pickle (an int runs past the end of its frame)")
+                    v = _from_bytes(buf[a:j], "little", signed=True)
+                    push(v)
+                    mem += _r16(_getsizeof(v))
+                    objs += 1
+                    i = j
+                elif op == 0x2E:
+                    if sbase + i != n - 1:
+                        raise _bad(f"{n - sbase - i - 1} bytes after STOP")
+                    if len(stack) != 1 or marks:
+                        raise _bad("STOP with " + ("an open MARK" if marks else f"{len(stack)} values on the stack"))
+                    _checkpoint(budget, n, mem, objs, work, lim, wlim)
+                    return stack[0]
+                elif op == 0x95:
+                    raise _bad(f"FRAME at offset {sbase + i} inside the previous frame")
+                elif op == 0x80:
+                    raise _bad(f"PROTO at offset {sbase + i}")
                 else:
-                    if type(target) is not dict:
-                        raise _bad(f"SETITEM on a {type(target).__name__}")
-                    key = stack[-2]
-                    mem += _check_keys(hashes, target, (key,), budget.max_same_hash, nrefs)
-                    keys += 1
-                    target[key] = stack[-1]
-                mem += _getsizeof(target) - before
-                del stack[m:]
-                if d > cdep[-1]:
-                    cdep[-1] = d
-                i += 1
-            elif op == 0x51:
-                if len(stack) <= (marks[-1] if marks else 0):
-                    raise _bad("stack underflow")
-                pid = stack[-1]
-                if type(pid) is not tuple or not pid:
-                    raise ProtocolError("malformed reference")
-                if len(pid) == 3 and pid[0] == "v" and pid[1] == "frozenset":
-                    # A frozenset (the sandbox's pickler writes them as records).
-                    items = pid[2]
-                    if type(items) is not tuple:
-                        raise ProtocolError("bad frozenset record")
-                    mem += _check_keys(hashes, None, items, budget.max_same_hash, nrefs)
-                    keys += len(items)
-                    obj = frozenset(items)
-                    mem += _getsizeof(obj)
-                    stack[-1] = obj
-                else:
-                    stack[-1] = ref(pid)  # keeps the id tuple's depth entry
-                    nrefs += 1
-                    mem += 256
-                objs += 1
-                i += 1
-            # -- long scalars -------------------------------------------------------
-            elif op == 0x58 or op == 0x42 or op == 0x43 or op == 0x96:
-                if op == 0x43:
-                    start = i + 2
-                    j = start + body[i + 1]
-                elif op == 0x96:
-                    start = i + 9
-                    j = start + _unpack_Q(body, i + 1)[0]
-                else:
-                    start = i + 5
-                    j = start + _unpack_I(body, i + 1)[0]
-                if j > n:
-                    raise _bad("truncated pickle")
-                size = j - start
-                if op == 0x58:
-                    obj = _text(body, start, j)
-                    mem += _getsizeof(obj)
-                elif op == 0x96:
-                    obj = bytearray(memoryview(body)[start:j])
-                    mem += _SZ_BYTEARRAY + size
-                else:
-                    obj = bytes(memoryview(body)[start:j]) if size > 64 else bytes(body[start:j])
-                    mem += _SZ_BYTES + size
-                push(obj)
-                objs += 1
-                i = j
-                if mem > budget.memory_for(n):
-                    raise _over_memory(mem, budget.memory_for(n), n)
-            elif op == 0x8A or op == 0x8B:
-                if op == 0x8A:
-                    start = i + 2
-                    size = body[i + 1]
-                else:
-                    start = i + 5
-                    size = _unpack_I(body, i + 1)[0]
-                    if size > budget.max_int_bytes:
-                        raise _over(f"an int of {size} bytes (at most {budget.max_int_bytes})")
-                j = start + size
-                if j > n:
-                    raise _bad("truncated pickle")
-                push(_from_bytes(body[start:j], "little", signed=True))
-                mem += _SZ_INT + size
-                objs += 1
-                i = j
-            elif op == 0x80:
-                raise _bad(f"PROTO at offset {i}")
-            else:
-                raise _forbidden(op, i)
-            if i >= checkpoint:
-                checkpoint = i + budget.check_every
-                _checkpoint(budget, n, mem + 8 * len(stack) + 48 * len(cpos), objs)
+                    raise _forbidden(op, sbase + i)
+            # -- between segments: every budget, and the stop hook ---------------------
+            _checkpoint(budget, n, mem + _SLOT * len(stack) + 8 * len(marks), objs, work, lim, wlim)
+            if pos >= n:
+                raise _bad("truncated pickle")
     except IndexError:
-        if i >= n - 1:
-            raise _bad("truncated pickle") from None
+        if i >= len(buf) - 1:
+            raise _bad(f"an opcode cut off at the end of a frame (offset {sbase + i})") from None
         raise _bad("stack underflow") from None
     except struct.error:
         raise _bad("truncated pickle") from None
@@ -667,12 +895,13 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
         raise _over("the host ran out of memory decoding it") from None
 
 
-def _checkpoint(budget: Budget, n: int, mem: int, objs: int) -> None:
-    limit = budget.memory_for(n)
-    if mem > limit:
-        raise _over_memory(mem, limit, n)
+def _checkpoint(budget: Budget, n: int, mem: int, objs: int, work: int, lim: int, wlim: int) -> None:
+    if mem > lim:
+        raise _over_memory(mem, lim, n)
     if objs > budget.max_objects:
         raise _over(f"more than {budget.max_objects} objects")
+    if work > wlim:
+        raise _over_work(wlim, n)
     stop = budget.stop
     if stop is not None:
         exc = stop()
@@ -680,13 +909,90 @@ def _checkpoint(budget: Budget, n: int, mem: int, objs: int) -> None:
             raise exc
 
 
-def _too_deep(limit: int) -> ProtocolError:
-    return ProtocolError(f"message nested deeper than {limit} levels")
+def _ref_work(pid: tuple) -> int:
+    """What resolving the persistent id ``pid`` costs the host (see ``_WORK_*``)."""
+    kind = pid[0]
+    if kind == "v":
+        return _WORK_RECORD.get(pid[1], _WORK_OTHER) if len(pid) == 3 and type(pid[1]) is str else _WORK_OTHER
+    if kind == "c":
+        desc = pid[3] if len(pid) == 4 else None
+        if type(desc) is tuple and len(desc) == 8:
+            members = 0
+            for group in desc[2:5]:
+                if type(group) is tuple:
+                    members += len(group)
+            return _WORK_REF["c"] + _WORK_MEMBER * members
+        return _WORK_REF["c"]
+    return _WORK_REF.get(kind, _WORK_OTHER) if type(kind) is str else _WORK_OTHER
 
 
-def _over_memory(mem: int, limit: int, n: int) -> ProtocolError:
-    return _over(f"decoding it would take more than {limit // 1024} KiB of host memory "
-                 f"(it reached {mem // 1024} KiB from a {n}-byte frame; see Limits.max_decoded_mb)")
+def _big_tuple(stack: list, m: int, stop: Callable[[], BaseException | None] | None) -> tuple:
+    """``tuple(stack[m:])``, removed from the stack, built in chunks so that no single
+    C call holds the GIL for long (the chunks come from a generator, between whose
+    steps other threads run)."""
+
+    def chunks() -> Any:
+        for p in range(m, len(stack), _TUPLE_CHUNK):
+            yield stack[p:p + _TUPLE_CHUNK]
+            if stop is not None:
+                exc = stop()
+                if exc is not None:
+                    raise exc
+
+    t = tuple(itertools.chain.from_iterable(chunks()))
+    while len(stack) - m > _TUPLE_CHUNK:
+        del stack[-_TUPLE_CHUNK:]
+    del stack[m:]
+    return t
+
+
+def _text_slow(buf: Any, a: int, j: int) -> tuple[str, int]:
+    """A short string that is not strict UTF-8: lone surrogates (as the pickler writes
+    them) are kept; anything else is an error. Returns the string and its work."""
+    s = str(buf[a:j], "utf-8", "surrogatepass")
+    return s, _WORK_SURROGATE * len(_SURROGATE.findall(buf, a, j))
+
+
+def _text(body: Any, a: int, j: int, budget: Budget, mem_left: int, work_left: int, n: int) -> tuple[str, int, int]:
+    """The string in ``body[a:j]``: (the str, its work, its memory). Long strings are
+    decoded in pieces (no single C call holds the GIL for long); one that would take
+    more than ``budget.max_string_bytes`` (or what is left of the memory or work
+    budget) is refused before it is decoded."""
+    size = j - a
+    # What it will take: 1, 2 or 4 bytes a character, and at most one character a byte.
+    width = 4 if _FOUR_BYTE.search(body, a, j) else 2 if _WIDE.search(body, a, j) else 1
+    chars = size
+    if width > 1 and width * chars > min(budget.max_string_bytes, mem_left):
+        chars = 0
+        view = memoryview(body)
+        for p in range(a, j, _TEXT_PIECE):
+            chars += len(bytes(view[p:min(p + _TEXT_PIECE, j)]).translate(None, _CONTINUATION))
+        view.release()
+    if width * chars > budget.max_string_bytes:
+        raise _over(f"a string of {chars} characters would take {width * chars // _MIB} MiB of host memory "
+                    f"(at most {budget.max_string_bytes // _MIB} MiB for one string)")
+    if width * chars > mem_left:
+        raise _over_memory(budget.memory_for(n) - mem_left + width * chars, budget.memory_for(n), n)
+    view = memoryview(body)
+    work = 0
+    try:
+        try:
+            if size <= _TEXT_PIECE:
+                s = str(view[a:j], "utf-8")
+            else:
+                dec = codecs.getincrementaldecoder("utf-8")("strict")
+                s = "".join([dec.decode(view[p:min(p + _TEXT_PIECE, j)], p + _TEXT_PIECE >= j)
+                             for p in range(a, j, _TEXT_PIECE)])
+        except UnicodeDecodeError:
+            work = _WORK_SURROGATE * len(_SURROGATE.findall(body, a, j))
+            if work > work_left:
+                raise _over_work(budget.work_for(n), n) from None
+            dec = codecs.getincrementaldecoder("utf-8")("surrogatepass")
+            s = "".join([dec.decode(view[p:min(p + _SURROGATE_PIECE, j)], p + _SURROGATE_PIECE >= j)
+                         for p in range(a, j, _SURROGATE_PIECE)])
+    finally:
+        view.release()
+    return s, work, _r16(_getsizeof(s))
 
 
 #: Keys below this magnitude, str and bytes keys cannot share a full hash with a
@@ -694,41 +1000,61 @@ def _over_memory(mem: int, limit: int, n: int) -> ProtocolError:
 #: hashes are salted per process).
 _SMALL_INT = 1 << 60
 _SALTED = sys.flags.hash_randomization != 0
+#: A key holding more values than this counts as several in the hash-flooding check.
+_LIGHT_KEY = 256
 
 
-def _check_keys(hashes: dict, target: Any, keys: Any, limit: int, nrefs: int) -> int:
-    """Refuse a container that would get more than about ``limit`` keys with one hash.
+def _heavy_key(values: int, limit: int) -> ProtocolError:
+    return _over(f"a dict key or set item holding {values} values (at most {limit}: hashing and "
+                 "comparing keys must stay cheap)")
 
-    ``target`` is the set or dict the keys go into (None for a new frozenset). Keys
-    that cannot collide (salted str and bytes, ints below 2**60, None, booleans) are
-    not counted; other keys are counted per container once it could hold more than
-    ``limit`` of them, so a hash is shared by at most ``2 * limit + 2`` keys. Returns
-    the bytes the counts took.
+
+def _check_keys(hashes: dict, target: Any, keys: Any, budget: Budget, nrefs: int, heavy: dict | None,
+                step: int) -> int:
+    """Refuse keys that would make building ``target`` (a set or dict) slow.
+
+    Keys that cannot collide (salted str and bytes, ints below 2**60, None, booleans)
+    are not counted; other keys are counted per container once it could hold more
+    than ``max_same_hash`` of them, so a hash is shared by at most that many keys (a
+    key holding more than a few hundred values counts as several). ``heavy`` maps the
+    stack offsets (``step`` apart for each key) of keys holding many values to their
+    count. Returns the bytes the counts took.
     """
+    limit = budget.max_same_hash
     if nrefs:
         for k in keys:
             if type(k) not in _DATA_KEYS:
                 _check_key(k, 0)
-    kinds = set(map(type, keys))
-    if kinds <= _SAFE_TYPES:
-        if kinds & _SALTED_TYPES and not _SALTED:
-            pass  # str hashes are not salted in this process: count them
-        elif int not in kinds:
-            return 0
-        else:
-            ints = keys if len(kinds) == 1 else [k for k in keys if type(k) is int]
-            if -_SMALL_INT < min(ints) and max(ints) < _SMALL_INT:
+    weights = None
+    if heavy is not None:
+        weights = {}
+        for off, values in heavy.items():
+            if off % step == 0:
+                if values > budget.max_key_values:
+                    raise _heavy_key(values, budget.max_key_values)
+                weights[off // step] = values // _LIGHT_KEY
+    if not weights:
+        kinds = set(map(type, keys))
+        if kinds <= _SAFE_TYPES:
+            if kinds & _SALTED_TYPES and not _SALTED:
+                pass  # str hashes are not salted in this process: count them
+            elif int not in kinds:
                 return 0
-    counts = hashes.get(id(target)) if target is not None else None
+            else:
+                ints = keys if len(kinds) == 1 else [k for k in keys if type(k) is int]
+                if -_SMALL_INT < min(ints) and max(ints) < _SMALL_INT:
+                    return 0
+    counts = hashes.get(id(target))
     if counts is None:
-        if (len(target) if target is not None else 0) + len(keys) <= limit:
+        if len(target) + len(keys) <= limit and not weights:
             return 0
-        counts = {}
-        if target is not None:
-            hashes[id(target)] = counts
+        counts = hashes[id(target)] = {}
     size = _getsizeof(counts)
     hs = list(map(hash, keys))
     _count_elements(counts, hs)
+    if weights:
+        for idx, extra in weights.items():
+            counts[hs[idx]] += extra
     if max(map(counts.__getitem__, hs)) > limit:
         raise ProtocolError(
             f"message over budget: more than {limit} keys of one dict or set share a hash "
@@ -775,43 +1101,37 @@ _RUNS = {
     _BININT2: 3,
     _BININT: 5,
     _BINFLOAT: 9,
-    _NONE: 1,
-    _TRUE: 1,
-    _FALSE: 1,
 }
-_RUN_CONST = {_NONE: None, _TRUE: True, _FALSE: False}
 #: Runs shorter than this are left to the main loop (a batch costs more to set up).
 _MIN_RUN = 12
 _RUN_PREFIX = {op: bytes((op,)) * _MIN_RUN for op in _RUNS}
 
 
-def _run(body: Any, i: int, stack: list, mem: int, objs: int) -> tuple[int, int, int]:
-    """Push the run of one fixed-width opcode starting at ``i``; returns the new (i, mem, objs)."""
-    op = body[i]
+def _run(buf: Any, i: int, seglen: int, stack: list, mem: int, objs: int) -> tuple[int, int, int]:
+    """Push the run of one fixed-width opcode starting at ``buf[i]``; returns the new
+    (i, mem, objs). A run ends at the end of its frame."""
+    op = buf[i]
     width = _RUNS[op]
     opbyte = bytes((op,))
-    n = len(body) - 1  # the STOP byte ends every run
     while True:
-        window = body[i:min(n, i + width * _RUN):width]
+        window = buf[i:min(seglen, i + width * _RUN):width]
         count = len(window) - len(window.lstrip(opbyte))
-        if i + count * width > n:  # the last opcode's argument is cut off
+        if i + count * width > seglen:  # the last opcode's argument is cut off
             count -= 1
         if count <= 0:
             return i, mem, objs
         if width == 2:
-            values = list(body[i + 1:i + 2 * count:2])
-        elif width == 1:
-            values = [_RUN_CONST[op]] * count
+            values = list(buf[i + 1:i + 2 * count:2])
         elif width == 3:
-            values = _gather(body, i, count, 3, "H", False)
+            values = _gather(buf, i, count, 3, "H", False)
             mem += _SZ_INT * count
             objs += count
         elif width == 5:
-            values = _gather(body, i, count, 5, "i", False)
+            values = _gather(buf, i, count, 5, "i", False)
             mem += _SZ_INT * count
             objs += count
         else:
-            values = _gather(body, i, count, 9, "d", True)
+            values = _gather(buf, i, count, 9, "d", True)
             mem += _SZ_FLOAT * count
             objs += count
         stack.extend(values)

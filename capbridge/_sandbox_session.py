@@ -241,8 +241,8 @@ class SandboxSession(Session):
         t = type(obj)
         if t in _PLAIN:
             return None
-        if t is frozenset:
-            return ("v", "frozenset", tuple(obj))
+        if t is frozenset:  # as a set: the host checks its items as it builds any set
+            return ("v", "frozenset", set(obj))
         if t in _RECORDS or _codec.is_ndarray(obj):
             return _codec.encode_value_record(obj)
         if isinstance(obj, Proxy):

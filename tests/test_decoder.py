@@ -126,7 +126,7 @@ def test_memory_budget_scales_with_the_frame_and_is_capped():
 def test_object_and_key_budgets():
     body = C.fast_pickle(list(range(1000, 3000)), refs=False)
     with pytest.raises(ProtocolError, match="more than 100 objects"):
-        _dec(body, budget=Budget(max_objects=100, check_every=64))
+        _dec(body, budget=Budget(max_objects=100))
     body = C.fast_pickle(set(range(500)), refs=False)
     with pytest.raises(ProtocolError, match="more than 100 dict and set entries"):
         _dec(body, budget=Budget(max_keys=100))
@@ -169,7 +169,7 @@ def test_stop_hook_ends_decoding():
 
     body = C.fast_pickle(["x" * 10] * 50_000, refs=False)
     with pytest.raises(Killed):
-        _dec(body, budget=Budget(stop=stop, check_every=4096))
+        _dec(body, budget=Budget(stop=stop))
     assert len(calls) == 3
 
 
