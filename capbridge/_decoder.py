@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import codecs
 import itertools
+from bisect import bisect_left as _bisect
 import re
 import struct
 import sys
@@ -185,19 +186,16 @@ _SZ_DICT = _r16(_getsizeof({}))
 _SZ_DICT1 = _r16(_getsizeof({1: 2}))
 _SZ_SET = _r16(_getsizeof(set()))
 _SZ_TUPLE0 = _getsizeof(())
+_SZ_INT0 = _getsizeof(0) - 4  # an int without its 30-bit digits
 _SZ_BYTES0 = _getsizeof(b"")
 _SZ_BYTEARRAY0 = _getsizeof(bytearray(1)) - 1
-#: What the decoder's own bookkeeping costs per container on its stack (the position
-#: and depth slots, and the depth entry's int).
-_BOOK = 16 + 32
+#: What the decoder's own bookkeeping costs per container on its stack (three list
+#: slots, and the ints for its position and the number of values it holds).
+_BOOK = 24 + 32 + 32
 #: Memory of a tuple of 1-3 items, with the bookkeeping.
 _SZ_T = (0, _r16(_SZ_TUPLE0 + 8) + _BOOK, _r16(_SZ_TUPLE0 + 16) + _BOOK, _r16(_SZ_TUPLE0 + 24) + _BOOK)
 #: A stack slot (the list over-allocates by an eighth).
 _SLOT = 9
-#: What an item under construction costs in a depth entry: depth in the low bits,
-#: then the number of values the container holds (all the way down).
-_DBITS = 7
-_DMASK = (1 << _DBITS) - 1
 #: Items unpacked per step in a run of fixed-width numbers, or of constants.
 _RUN = 1024
 #: Strings longer than this are decoded in pieces of this size.
@@ -264,6 +262,8 @@ _NO: Any = object()
 _C1: list = [_NO] * 256
 _C1[_NONE], _C1[_TRUE], _C1[_FALSE], _C1[_EMPTY_TUPLE] = None, True, False, ()
 _C1_BYTES = bytes((_NONE, _TRUE, _FALSE, _EMPTY_TUPLE))
+#: Ends every frame's copy (no opcode is 0).
+_SENTINEL = b"\0"
 _c1_get = _C1.__getitem__
 #: One-character strings of one UTF-8 byte (the interpreter shares them).
 _CHR1: list = [chr(b) for b in range(128)] + [None] * 128
@@ -344,7 +344,8 @@ def _scalar(body: Any, i: int, n: int) -> tuple[Any, int]:
     if op == 0x89:
         return False, i + 1
     if op == 0x4D:
-        return _unpack_H(body, i + 1)[0], i + 3
+        v = _unpack_H(body, i + 1)[0]
+        return (_NO, i) if v < 256 else (v, i + 3)
     if op == 0x47:
         return _unpack_d(body, i + 1)[0], i + 9
     if op == 0x43:
@@ -461,13 +462,17 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
         raise _bad("not a pickle of protocol 5")
     if body[n - 1] != 0x2E:
         raise _bad("truncated pickle, or bytes after STOP (the body does not end with STOP)")
+    # Hot names as locals (a global lookup costs as much as the rest of a push).
+    L_C1, L_NO, L_CHR1, L_SZ_INT, L_SZ_FLOAT, L_SZ_T, L_BOOK, L_SZ_LIST, L_SZ_DICT, L_SZ_SET, L_unpack_i, L_unpack_H, L_unpack_d, L_c1_get, L_C1_BYTES, L_RUN, L_RUNS = \
+        _C1, _NO, _CHR1, _SZ_INT, _SZ_FLOAT, _SZ_T, _BOOK, _SZ_LIST, _SZ_DICT, _SZ_SET, _unpack_i, _unpack_H, _unpack_d, _c1_get, _C1_BYTES, _RUN, _RUNS
     stack: list = []
     push = stack.append
-    # Containers on the stack: their positions (ascending) and depth entries (depth,
-    # and the number of values they hold). Scalars have depth 0 and no entry, so the
-    # common pushes cost nothing extra.
+    # Containers on the stack: their positions (ascending), depths and how many values
+    # they hold (all the way down). Scalars have depth 0 and no entry, so the common
+    # pushes cost nothing extra.
     cpos: list = []
     cdep: list = []
+    cw: list = []
     marks: list = []
     base = 0  # where the innermost MARK is (nothing below it may be taken)
     mem = objs = keys = work = nrefs = 0
@@ -476,6 +481,7 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
     maxd = budget.max_depth
     hashes: dict = {}  # id(container) -> {hash: count}, for containers with many keys
     pos = start + 2  # where the next frame (or what stands outside frames) begins
+    whole = memoryview(body)
     buf: Any = b""
     i = 0
     sbase = pos
@@ -492,51 +498,71 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
                 if flen < 4 or flen > MAX_FRAME:
                     raise _bad(f"a FRAME of {flen} bytes at offset {pos} (the pickler writes 4 to {MAX_FRAME})")
                 framed = True
-                buf = body[sbase:sbase + flen] + b"\0"
+                buf = _SENTINEL.join((whole[sbase:sbase + flen], b""))
             else:
                 framed = False
                 sbase = pos
-                buf = body[pos:pos + 3] + b"\0"
+                buf = _SENTINEL.join((whole[pos:pos + 3], b""))
             seglen = len(buf) - 1
             i = 0
             while True:
                 op = buf[i]
-                # -- scalars, in rough order of how often they come ----------------------
+                # -- scalars, the cheapest first --------------------------------------
                 if op == 0x4B:
                     push(buf[i + 1])
                     i += 2
-                elif (c := _C1[op]) is not _NO:
-                    if _C1[buf[i + 1]] is _NO:
+                elif (c := L_C1[op]) is not L_NO:
+                    if L_C1[buf[i + 1]] is L_NO:
                         push(c)
                         i += 1
                     else:  # a run of constants
-                        w = buf[i:i + _RUN]
-                        r = len(w) - len(w.lstrip(_C1_BYTES))
-                        stack.extend(map(_c1_get, w[:r]))
+                        w = buf[i:i + L_RUN]
+                        r = len(w) - len(w.lstrip(L_C1_BYTES))
+                        stack.extend(map(L_c1_get, w[:r]))
                         i += r
                 elif op == 0x8C:
-                    j = i + 2 + buf[i + 1]
+                    L = buf[i + 1]
+                    if not L:
+                        push("")
+                        i += 2
+                        continue
+                    j = i + 2 + L
                     if j > seglen:
                         raise _bad("truncated pickle (a string runs past the end of its frame)")
-                    if j - i > 3:
+                    if L > 1:
                         try:
-                            s = str(buf[i + 2:j], "utf-8")
+                            s = buf[i + 2:j].decode()
                         except UnicodeDecodeError:
                             s, w = _text_slow(buf, i + 2, j)
                             work += w
                             if work > wlim:
                                 raise _over_work(wlim, n) from None
-                        mem += (_getsizeof(s) + 15) & -16
+                        # ASCII: 49 + L bytes; any other: at most 76 + L.
+                        mem += (64 + L if len(s) == L else 91 + L) & -16
                         objs += 1
                         if mem > lim:
                             raise _over_memory(mem, lim, n)
-                    elif j - i == 3:
-                        s = _CHR1[buf[i + 2]]
+                    else:
+                        s = L_CHR1[buf[i + 2]]
                         if s is None:
                             raise _bad("invalid UTF-8 in a string: invalid start byte")
-                    else:
-                        s = ""
                     push(s)
+                    i = j
+                elif op == 0x43:
+                    L = buf[i + 1]
+                    if not L:
+                        push(b"")
+                        i += 2
+                        continue
+                    j = i + 2 + L
+                    if j > seglen:
+                        raise _bad("truncated pickle (bytes run past the end of their frame)")
+                    push(buf[i + 2:j])  # a frame is bytes: its slices are new bytes (or shared)
+                    if L > 1:
+                        mem += (_SZ_BYTES0 + 15 + L) & -16
+                        objs += 1
+                        if mem > lim:
+                            raise _over_memory(mem, lim, n)
                     i = j
                 elif op == 0x87 or op == 0x86 or op == 0x85:
                     k = op - 0x84
@@ -559,24 +585,26 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
                         while cpos and cpos[-1] >= m:
                             cpos.pop()
                             x = cdep.pop()
-                            mem -= _BOOK
-                            w += x >> _DBITS
-                            if x & _DMASK >= d:
-                                d = (x & _DMASK) + 1
+                            w += cw.pop()
+                            mem -= L_BOOK
+                            if x >= d:
+                                d = x + 1
                         if d > maxd:
                             raise _too_deep(maxd)
-                        cdep.append(d | (w << _DBITS))
+                        cdep.append(d)
+                        cw.append(w)
                     else:
-                        cdep.append(1 | (k << _DBITS))
+                        cdep.append(1)
+                        cw.append(k)
                     cpos.append(m)
-                    mem += _SZ_T[k]
+                    mem += L_SZ_T[k]
                     objs += 1
                     i += 1
                     if mem > lim:
                         raise _over_memory(mem, lim, n)
                 elif op == 0x4A:
-                    push(_unpack_i(buf, i + 1)[0])
-                    mem += _SZ_INT
+                    push(L_unpack_i(buf, i + 1)[0])
+                    mem += L_SZ_INT
                     objs += 1
                     i += 5
                 elif op == 0x28:
@@ -585,46 +613,39 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
                     base = len(stack)
                     marks.append(base)
                     i += 1
-                    w = _RUNS.get(buf[i])
+                    w = L_RUNS.get(buf[i])
                     if w is not None and i + _MIN_RUN * w < seglen and buf[i + _MIN_RUN * w] == buf[i] and \
                             buf[i:i + _MIN_RUN * w:w] == _RUN_PREFIX[buf[i]]:
                         i, mem, objs = _run(buf, i, seglen, stack, mem, objs)
                         if mem > lim:
                             raise _over_memory(mem, lim, n)
                 elif op == 0x4D:
-                    v = _unpack_H(buf, i + 1)[0]
+                    v = L_unpack_H(buf, i + 1)[0]
+                    if v < 256:
+                        raise _bad(f"BININT2 of {v} (the pickler writes BININT1)")
                     push(v)
-                    if v > 256:
-                        mem += _SZ_INT
-                        objs += 1
+                    mem += L_SZ_INT
+                    objs += 1
                     i += 3
                 elif op == 0x47:
-                    push(_unpack_d(buf, i + 1)[0])
-                    mem += _SZ_FLOAT
+                    push(L_unpack_d(buf, i + 1)[0])
+                    mem += L_SZ_FLOAT
                     objs += 1
                     i += 9
-                elif op == 0x43:
-                    j = i + 2 + buf[i + 1]
-                    if j > seglen:
-                        raise _bad("truncated pickle (bytes run past the end of their frame)")
-                    push(bytes(buf[i + 2:j]))
-                    if j - i > 3:
-                        mem += _r16(_SZ_BYTES0 + j - i - 2)
-                        objs += 1
-                    i = j
                 # -- containers -------------------------------------------------------
                 elif op == 0x5D or op == 0x7D or op == 0x8F:
                     cpos.append(len(stack))
                     cdep.append(1)
+                    cw.append(0)
                     if op == 0x5D:
                         push([])
-                        mem += _SZ_LIST + _BOOK
+                        mem += L_SZ_LIST + L_BOOK
                     elif op == 0x7D:
                         push({})
-                        mem += _SZ_DICT + _BOOK
+                        mem += L_SZ_DICT + L_BOOK
                     else:
                         push(set())
-                        mem += _SZ_SET + _BOOK
+                        mem += L_SZ_SET + L_BOOK
                     objs += 1
                     i += 1
                     if mem > lim:
@@ -635,22 +656,21 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
                     m = marks.pop()
                     base = marks[-1] if marks else 0
                     k = len(stack) - m
-                    d = 1
-                    w = k
                     heavy = None
-                    while cpos and cpos[-1] >= m:
-                        p = cpos.pop()
-                        x = cdep.pop()
-                        mem -= _BOOK
-                        w += x >> _DBITS
-                        if x & _DMASK >= d:
-                            d = (x & _DMASK) + 1
-                        if x >> _DBITS > _LIGHT_KEY and op != 0x74 and op != 0x65:
-                            if heavy is None:
-                                heavy = {}
-                            heavy[p - m] = x >> _DBITS
-                    if d > maxd:
-                        raise _too_deep(maxd)
+                    p = _bisect(cpos, m)
+                    if p < len(cpos):
+                        nc = len(cpos) - p
+                        if op != 0x74 and op != 0x65 and max(cw[p:]) > _LIGHT_KEY:
+                            heavy = {cpos[q] - m: cw[q] for q in range(p, len(cpos)) if cw[q] > _LIGHT_KEY}
+                        d, w = _pop_entries(cpos, cdep, cw, p)
+                        d += 1
+                        w += k
+                        mem -= L_BOOK * nc
+                        if d > maxd:
+                            raise _too_deep(maxd)
+                    else:
+                        d = 1
+                        w = k
                     if op == 0x74:
                         if k < 4:
                             raise _bad(f"a tuple of {k} items written with MARK and TUPLE "
@@ -662,9 +682,10 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
                         else:
                             obj = tuple(stack[m:])
                             del stack[m:]
-                        mem += _r16(_SZ_TUPLE0 + 8 * k) + _BOOK
+                        mem += ((_SZ_TUPLE0 + 15 + 8 * k) & -16) + L_BOOK
                         cpos.append(m)
-                        cdep.append(d | (w << _DBITS))
+                        cdep.append(d)
+                        cw.append(w)
                         objs += 1
                         push(obj)
                     else:
@@ -677,14 +698,10 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
                         size = len(target)
                         if size % BATCH:
                             raise _bad(f"{_NAMES[op]} after a batch of fewer than {BATCH} items")
-                        before = _getsizeof(target)
-                        items = stack[m:]
-                        del stack[m:]
                         if op == 0x65:
                             if k > BATCH or k == 0 or k == 1 and not size:
                                 raise _bad(f"APPENDS of {k} items (the pickler writes 1 to {BATCH}, "
                                            "and a one-item list with APPEND)")
-                            target.extend(items)
                         elif op == 0x75:
                             if k & 1:
                                 raise _bad("SETITEMS with an odd number of items")
@@ -692,21 +709,27 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
                                 raise _bad(f"SETITEMS of {k // 2} pairs (the pickler writes 2 to {BATCH}, "
                                            "a one-item dict with SETITEM, and an empty last batch only "
                                            f"after a multiple of {BATCH})")
+                        elif k > BATCH or k == 0 and not size:
+                            raise _bad(f"ADDITEMS of {k} items (the pickler writes 1 to {BATCH}, and an "
+                                       f"empty last batch only after a multiple of {BATCH})")
+                        before = _getsizeof(target)
+                        items = stack[m:]
+                        del stack[m:]
+                        if op == 0x65:
+                            target.extend(items)
+                        elif op == 0x75:
                             ks = items[0::2]
                             mem += _check_keys(hashes, target, ks, budget, nrefs, heavy, 2)
                             keys += k >> 1
                             target.update(zip(ks, items[1::2]))
                         else:
-                            if k > BATCH or k == 0 and not size:
-                                raise _bad(f"ADDITEMS of {k} items (the pickler writes 1 to {BATCH}, and an "
-                                           f"empty last batch only after a multiple of {BATCH})")
                             mem += _check_keys(hashes, target, items, budget, nrefs, heavy, 1)
                             keys += k
                             target.update(items)
                         mem += _getsizeof(target) - before
-                        x = cdep[-1]
-                        w += x >> _DBITS
-                        cdep[-1] = (d if d > x & _DMASK else x & _DMASK) | (w << _DBITS)
+                        if d > cdep[-1]:
+                            cdep[-1] = d
+                        cw[-1] += w
                         if keys > budget.max_keys:
                             raise _over(f"more than {budget.max_keys} dict and set entries")
                     if mem > lim:
@@ -723,12 +746,13 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
                     while cpos[-1] >= m:
                         p = cpos.pop()
                         x = cdep.pop()
-                        mem -= _BOOK
-                        w += x >> _DBITS
-                        if x & _DMASK >= d:
-                            d = (x & _DMASK) + 1
+                        ww = cw.pop()
+                        w += ww
+                        mem -= L_BOOK
+                        if x >= d:
+                            d = x + 1
                         if p == m and op == 0x73:
-                            heavy = x >> _DBITS
+                            heavy = ww
                         if not cpos:
                             raise _bad(f"{_NAMES[op]} with nothing to add to")
                     if d > maxd:
@@ -755,10 +779,11 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
                             raise _heavy_key(heavy, budget.max_key_values)
                         keys += 1
                         target[key] = stack[-1]
-                        mem += _SZ_DICT1 - _SZ_DICT
+                        mem += _SZ_DICT1 - L_SZ_DICT
                     del stack[m:]
-                    x = cdep[-1]
-                    cdep[-1] = (d if d > x & _DMASK else x & _DMASK) | (((x >> _DBITS) + w) << _DBITS)
+                    if d > cdep[-1]:
+                        cdep[-1] = d
+                    cw[-1] += w
                     i += 1
                     if mem > lim:
                         raise _over_memory(mem, lim, n)
@@ -790,59 +815,73 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
                         obj = ref(pid)
                         stack[-1] = obj  # keeps the id tuple's depth entry
                         nrefs += 1
-                        t = type(obj)
-                        mem += _MEM_REF.get(kind, 0) if kind != "v" else \
-                            _r16(_getsizeof(obj)) if t in _DATA_KEYS or t.__name__ == "ndarray" else 256
+                        if kind == "v":
+                            t = type(obj)
+                            mem += _r16(_getsizeof(obj)) if t in _DATA_KEYS or t.__name__ == "ndarray" else 256
+                        else:
+                            mem += _MEM_REF.get(kind, 0)
                     objs += 1
                     i += 1
-                # -- the end of a segment ----------------------------------------------
-                elif op == 0 and i == seglen:
-                    if not framed:
-                        if sbase + seglen >= n:
-                            raise _bad("truncated pickle")
-                        raise _bad(f"more than 3 bytes of opcodes outside a frame at offset {sbase}")
-                    pos = sbase + seglen
-                    break
-                # -- long scalars -------------------------------------------------------
+                # -- strings and bytes: in a frame if shorter than its target ---------------
                 elif op == 0x58 or op == 0x42 or op == 0x96:
-                    p = sbase + i
-                    if op == 0x96:
-                        a = p + 9
-                        j = a + _unpack_Q(body, p + 1)[0]
-                    else:
-                        a = p + 5
-                        j = a + _unpack_I(body, p + 1)[0]
-                    size = j - a
-                    if j > n - 1:
-                        raise _bad("truncated pickle")
                     if framed:
-                        if j > sbase + seglen:
+                        if op == 0x96:
+                            a = i + 9
+                            j = a + _unpack_Q(buf, i + 1)[0]
+                        else:
+                            a = i + 5
+                            j = a + _unpack_I(buf, i + 1)[0]
+                        if j > seglen:
                             raise _bad("truncated pickle (a string or bytes runs past the end of its frame)")
+                        size = j - a
                         if size >= FRAME_TARGET:
                             raise _bad(f"{size} bytes of {_NAMES[op]} inside a frame (the pickler writes "
                                        f"{FRAME_TARGET} bytes or more outside frames)")
-                    elif size < FRAME_TARGET:
-                        raise _bad(f"{size} bytes of {_NAMES[op]} outside a frame (the pickler writes "
-                                   f"fewer than {FRAME_TARGET} bytes inside frames)")
-                    if op == 0x58:
-                        obj, w, sm = _text(body, a, j, budget, lim - mem, wlim - work, n)
-                        work += w
-                        mem += sm
+                        if op == 0x42:
+                            obj = buf[a:j]
+                            mem += (_SZ_BYTES0 + 15 + size) & -16
+                        elif op == 0x96:
+                            obj = bytearray(buf[a:j])
+                            mem += (_SZ_BYTEARRAY0 + 15 + size) & -16
+                        else:
+                            try:
+                                obj = buf[a:j].decode()
+                            except UnicodeDecodeError:
+                                obj, w = _text_slow(buf, a, j)
+                                work += w
+                                if work > wlim:
+                                    raise _over_work(wlim, n) from None
+                            mem += _r16(_getsizeof(obj))
+                        push(obj)
+                        objs += 1
+                        i = j
+                        if mem > lim:
+                            raise _over_memory(mem, lim, n)
                     else:
-                        sm = _r16((_SZ_BYTEARRAY0 if op == 0x96 else _SZ_BYTES0) + size)
-                        if mem + sm > lim:
-                            raise _over_memory(mem + sm, lim, n)
-                        view = memoryview(body)[a:j]
-                        obj = bytearray(view) if op == 0x96 else bytes(view)
-                        del view
+                        p = sbase + i
+                        if op == 0x96:
+                            a = p + 9
+                            j = a + _unpack_Q(body, p + 1)[0]
+                        else:
+                            a = p + 5
+                            j = a + _unpack_I(body, p + 1)[0]
+                        size = j - a
+                        if j > n - 1:
+                            raise _bad("truncated pickle")
+                        if size < FRAME_TARGET:
+                            raise _bad(f"{size} bytes of {_NAMES[op]} outside a frame (the pickler writes "
+                                       f"fewer than {FRAME_TARGET} bytes inside frames)")
+                        if op == 0x58:
+                            obj, w, sm = _text(body, a, j, budget, lim - mem, wlim - work, n)
+                            work += w
+                        else:
+                            sm = _r16((_SZ_BYTEARRAY0 if op == 0x96 else _SZ_BYTES0) + size)
+                            if mem + sm > lim:
+                                raise _over_memory(mem + sm, lim, n)
+                            obj = bytearray(whole[a:j]) if op == 0x96 else bytes(whole[a:j])
                         mem += sm
-                    push(obj)
-                    objs += 1
-                    if mem > lim:
-                        raise _over_memory(mem, lim, n)
-                    if framed:
-                        i = j - sbase
-                    else:
+                        push(obj)
+                        objs += 1
                         pos = j
                         break
                 elif op == 0x8A or op == 0x8B:
@@ -857,11 +896,18 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
                     j = a + size
                     if j > seglen:
                         raise _bad("truncated pickle (an int runs past the end of its frame)")
-                    v = _from_bytes(buf[a:j], "little", signed=True)
-                    push(v)
-                    mem += _r16(_getsizeof(v))
+                    push(_from_bytes(buf[a:j], "little", signed=True))
+                    mem += (_SZ_INT0 + 15 + 4 * ((8 * size + 29) // 30)) & -16
                     objs += 1
                     i = j
+                # -- the end of a segment, and of the body --------------------------------
+                elif op == 0 and i == seglen:
+                    if not framed:
+                        if sbase + seglen >= n:
+                            raise _bad("truncated pickle")
+                        raise _bad(f"more than 3 bytes of opcodes outside a frame at offset {sbase}")
+                    pos = sbase + seglen
+                    break
                 elif op == 0x2E:
                     if sbase + i != n - 1:
                         raise _bad(f"{n - sbase - i - 1} bytes after STOP")
@@ -893,6 +939,22 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
         raise _too_deep(budget.max_depth) from None
     except MemoryError:
         raise _over("the host ran out of memory decoding it") from None
+    finally:
+        whole.release()
+
+
+def _pop_entries(cpos: list, cdep: list, cw: list, p: int) -> tuple[int, int]:
+    """Remove the container entries from ``p`` on; returns their greatest depth and
+    the values they hold, in chunks (no single C call over millions of entries)."""
+    d = w = 0
+    while len(cpos) > p:
+        q = max(p, len(cpos) - _TUPLE_CHUNK)
+        dd = max(cdep[q:])
+        if dd > d:
+            d = dd
+        w += sum(cw[q:])
+        del cpos[q:], cdep[q:], cw[q:]
+    return d, w
 
 
 def _checkpoint(budget: Budget, n: int, mem: int, objs: int, work: int, lim: int, wlim: int) -> None:
@@ -1124,6 +1186,8 @@ def _run(buf: Any, i: int, seglen: int, stack: list, mem: int, objs: int) -> tup
             values = list(buf[i + 1:i + 2 * count:2])
         elif width == 3:
             values = _gather(buf, i, count, 3, "H", False)
+            if min(values) < 256:
+                raise _bad(f"BININT2 of {min(values)} (the pickler writes BININT1)")
             mem += _SZ_INT * count
             objs += count
         elif width == 5:
