@@ -465,6 +465,8 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
     # Hot names as locals (a global lookup costs as much as the rest of a push).
     L_C1, L_NO, L_CHR1, L_SZ_INT, L_SZ_FLOAT, L_SZ_T, L_BOOK, L_SZ_LIST, L_SZ_DICT, L_SZ_SET, L_unpack_i, L_unpack_H, L_unpack_d, L_c1_get, L_C1_BYTES, L_RUN, L_RUNS = \
         _C1, _NO, _CHR1, _SZ_INT, _SZ_FLOAT, _SZ_T, _BOOK, _SZ_LIST, _SZ_DICT, _SZ_SET, _unpack_i, _unpack_H, _unpack_d, _c1_get, _C1_BYTES, _RUN, _RUNS
+    L_bisect, L_CHUNK, L_LIGHT, L_BATCH, L_getsizeof, L_SZ_TUPLE0, L_MIN_RUN, L_RUN_PREFIX = \
+        _bisect, _TUPLE_CHUNK, _LIGHT_KEY, BATCH, _getsizeof, _SZ_TUPLE0, _MIN_RUN, _RUN_PREFIX
     stack: list = []
     push = stack.append
     # Containers on the stack: their positions (ascending), depths and how many values
@@ -479,6 +481,7 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
     lim = budget.memory_for(n)
     wlim = budget.work_for(n)
     maxd = budget.max_depth
+    mhash = budget.max_same_hash
     hashes: dict = {}  # id(container) -> {hash: count}, for containers with many keys
     pos = start + 2  # where the next frame (or what stands outside frames) begins
     whole = memoryview(body)
@@ -614,8 +617,8 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
                     marks.append(base)
                     i += 1
                     w = L_RUNS.get(buf[i])
-                    if w is not None and i + _MIN_RUN * w < seglen and buf[i + _MIN_RUN * w] == buf[i] and \
-                            buf[i:i + _MIN_RUN * w:w] == _RUN_PREFIX[buf[i]]:
+                    if w is not None and i + L_MIN_RUN * w < seglen and buf[i + L_MIN_RUN * w] == buf[i] and \
+                            buf[i:i + L_MIN_RUN * w:w] == L_RUN_PREFIX[buf[i]]:
                         i, mem, objs = _run(buf, i, seglen, stack, mem, objs)
                         if mem > lim:
                             raise _over_memory(mem, lim, n)
@@ -650,21 +653,29 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
                     i += 1
                     if mem > lim:
                         raise _over_memory(mem, lim, n)
-                elif op == 0x65 or op == 0x75 or op == 0x90 or op == 0x74:
+                elif op == 0x65 or op == 0x74 or op == 0x75 or op == 0x90:
                     if not marks:
                         raise _bad(f"{_NAMES[op]} without MARK")
                     m = marks.pop()
                     base = marks[-1] if marks else 0
                     k = len(stack) - m
                     heavy = None
-                    p = _bisect(cpos, m)
-                    if p < len(cpos):
+                    # The container entries of the items: their greatest depth and the
+                    # values they hold (and, for keys, which ones hold many).
+                    if cpos and cpos[-1] >= m:
+                        p = L_bisect(cpos, m)
                         nc = len(cpos) - p
-                        if op != 0x74 and op != 0x65 and max(cw[p:]) > _LIGHT_KEY:
-                            heavy = {cpos[q] - m: cw[q] for q in range(p, len(cpos)) if cw[q] > _LIGHT_KEY}
-                        d, w = _pop_entries(cpos, cdep, cw, p)
-                        d += 1
-                        w += k
+                        if nc <= L_CHUNK:
+                            ww = cw[p:]
+                            d = max(cdep[p:]) + 1
+                            w = sum(ww) + k
+                            if (op == 0x75 or op == 0x90) and max(ww) > L_LIGHT:
+                                heavy = {cpos[q] - m: cw[q] for q in range(p, len(cpos)) if cw[q] > L_LIGHT}
+                            del cpos[p:], cdep[p:], cw[p:]
+                        else:
+                            d, w = _pop_entries(cpos, cdep, cw, p)
+                            d += 1
+                            w += k
                         mem -= L_BOOK * nc
                         if d > maxd:
                             raise _too_deep(maxd)
@@ -675,14 +686,14 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
                         if k < 4:
                             raise _bad(f"a tuple of {k} items written with MARK and TUPLE "
                                        "(the pickler writes EMPTY_TUPLE or TUPLE1-3)")
-                        if mem + _SLOT * len(stack) + 8 * k > lim:
-                            raise _over_memory(mem + _SLOT * len(stack) + 8 * k, lim, n)
-                        if k > _TUPLE_CHUNK:
+                        if k > L_CHUNK:
+                            if mem + _SLOT * len(stack) + 8 * k > lim:
+                                raise _over_memory(mem + _SLOT * len(stack) + 8 * k, lim, n)
                             obj: Any = _big_tuple(stack, m, budget.stop)
                         else:
                             obj = tuple(stack[m:])
                             del stack[m:]
-                        mem += ((_SZ_TUPLE0 + 15 + 8 * k) & -16) + L_BOOK
+                        mem += ((L_SZ_TUPLE0 + 15 + 8 * k) & -16) + L_BOOK
                         cpos.append(m)
                         cdep.append(d)
                         cw.append(w)
@@ -693,45 +704,48 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
                             raise _bad(f"{_NAMES[op]} with nothing to add to")
                         target = stack[m - 1]
                         tt = type(target)
-                        if tt is not (list if op == 0x65 else dict if op == 0x75 else set):
-                            raise _bad(f"{_NAMES[op]} {'on' if op == 0x75 else 'to'} a {tt.__name__}")
-                        size = len(target)
-                        if size % BATCH:
-                            raise _bad(f"{_NAMES[op]} after a batch of fewer than {BATCH} items")
                         if op == 0x65:
-                            if k > BATCH or k == 0 or k == 1 and not size:
-                                raise _bad(f"APPENDS of {k} items (the pickler writes 1 to {BATCH}, "
-                                           "and a one-item list with APPEND)")
-                        elif op == 0x75:
-                            if k & 1:
-                                raise _bad("SETITEMS with an odd number of items")
-                            if k > 2 * BATCH or k < 4 and not size:
-                                raise _bad(f"SETITEMS of {k // 2} pairs (the pickler writes 2 to {BATCH}, "
-                                           "a one-item dict with SETITEM, and an empty last batch only "
-                                           f"after a multiple of {BATCH})")
-                        elif k > BATCH or k == 0 and not size:
-                            raise _bad(f"ADDITEMS of {k} items (the pickler writes 1 to {BATCH}, and an "
-                                       f"empty last batch only after a multiple of {BATCH})")
-                        before = _getsizeof(target)
-                        items = stack[m:]
-                        del stack[m:]
-                        if op == 0x65:
-                            target.extend(items)
-                        elif op == 0x75:
-                            ks = items[0::2]
-                            mem += _check_keys(hashes, target, ks, budget, nrefs, heavy, 2)
-                            keys += k >> 1
-                            target.update(zip(ks, items[1::2]))
+                            if tt is not list:
+                                raise _bad(f"APPENDS to a {tt.__name__}")
+                            size = len(target)
+                            if k > L_BATCH or size % L_BATCH or k < 2 and (not k or not size):
+                                raise _bad_batch(op, k, size)
+                            target.extend(stack[m:])
+                            del stack[m:]
+                            mem += 10 * k + 64  # list growth: at most 1/8 more, and 4 slots
                         else:
-                            mem += _check_keys(hashes, target, items, budget, nrefs, heavy, 1)
-                            keys += k
-                            target.update(items)
-                        mem += _getsizeof(target) - before
+                            if tt is not (dict if op == 0x75 else set):
+                                raise _bad(f"{_NAMES[op]} {'on' if op == 0x75 else 'to'} a {tt.__name__}")
+                            size = len(target)
+                            if size % L_BATCH:
+                                raise _bad_batch(op, k, size)
+                            items = stack[m:]
+                            del stack[m:]
+                            if op == 0x75:
+                                if k & 1 or k > 2 * L_BATCH or k < 4 and not size:
+                                    raise _bad_batch(op, k, size)
+                                ks = items[0::2]
+                                keys += k >> 1
+                            else:
+                                if k > L_BATCH or not k and not size:
+                                    raise _bad_batch(op, k, size)
+                                ks = items
+                                keys += k
+                            before = L_getsizeof(target)
+                            # Few keys in a container (and no references or large keys):
+                            # no hash can be shared by more than max_same_hash of them.
+                            if nrefs or heavy is not None or size + len(ks) > mhash:
+                                mem += _check_keys(hashes, target, ks, budget, nrefs, heavy, 2 if op == 0x75 else 1)
+                            if op == 0x75:
+                                target.update(zip(ks, items[1::2]))
+                            else:
+                                target.update(items)
+                            mem += L_getsizeof(target) - before
+                            if keys > budget.max_keys:
+                                raise _over(f"more than {budget.max_keys} dict and set entries")
                         if d > cdep[-1]:
                             cdep[-1] = d
                         cw[-1] += w
-                        if keys > budget.max_keys:
-                            raise _over(f"more than {budget.max_keys} dict and set entries")
                     if mem > lim:
                         raise _over_memory(mem, lim, n)
                     i += 1
@@ -943,6 +957,20 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
         whole.release()
 
 
+def _bad_batch(op: int, k: int, size: int) -> ProtocolError:
+    if size % BATCH:
+        return _bad(f"{_NAMES[op]} after a batch of fewer than {BATCH} items")
+    if op == 0x65:
+        return _bad(f"APPENDS of {k} items (the pickler writes 1 to {BATCH}, and a one-item list with APPEND)")
+    if op == 0x75:
+        if k & 1:
+            return _bad("SETITEMS with an odd number of items")
+        return _bad(f"SETITEMS of {k // 2} pairs (the pickler writes 2 to {BATCH}, a one-item dict with "
+                    f"SETITEM, and an empty last batch only after a multiple of {BATCH})")
+    return _bad(f"ADDITEMS of {k} items (the pickler writes 1 to {BATCH}, and an empty last batch only "
+                f"after a multiple of {BATCH})")
+
+
 def _pop_entries(cpos: list, cdep: list, cw: list, p: int) -> tuple[int, int]:
     """Remove the container entries from ``p`` on; returns their greatest depth and
     the values they hold, in chunks (no single C call over millions of entries)."""
@@ -1012,7 +1040,7 @@ def _text_slow(buf: Any, a: int, j: int) -> tuple[str, int]:
     """A short string that is not strict UTF-8: lone surrogates (as the pickler writes
     them) are kept; anything else is an error. Returns the string and its work."""
     s = str(buf[a:j], "utf-8", "surrogatepass")
-    return s, _WORK_SURROGATE * len(_SURROGATE.findall(buf, a, j))
+    return s, _WORK_SURROGATE * _SURROGATE.subn(b"", buf[a:j])[1]
 
 
 def _text(body: Any, a: int, j: int, budget: Budget, mem_left: int, work_left: int, n: int) -> tuple[str, int, int]:
@@ -1046,7 +1074,8 @@ def _text(body: Any, a: int, j: int, budget: Budget, mem_left: int, work_left: i
                 s = "".join([dec.decode(view[p:min(p + _TEXT_PIECE, j)], p + _TEXT_PIECE >= j)
                              for p in range(a, j, _TEXT_PIECE)])
         except UnicodeDecodeError:
-            work = _WORK_SURROGATE * len(_SURROGATE.findall(body, a, j))
+            work = _WORK_SURROGATE * sum(_SURROGATE.subn(b"", view[p:min(p + _TEXT_PIECE, j)])[1]
+                                         for p in range(a, j, _TEXT_PIECE))
             if work > work_left:
                 raise _over_work(budget.work_for(n), n) from None
             dec = codecs.getincrementaldecoder("utf-8")("surrogatepass")
