@@ -59,7 +59,9 @@ they can never reach a host object.
 from __future__ import annotations
 
 import codecs
+import gc
 import itertools
+import threading
 from bisect import bisect_left as _bisect
 import re
 import struct
@@ -98,7 +100,7 @@ class Budget:
                  "stop")
 
     def __init__(self, *, ratio: int = 14, floor: int = 8 * _MIB, max_bytes: int = 512 * _MIB,
-                 work_ratio: int = 40, work_floor: int = 4_000_000, max_objects: int = 8_000_000,
+                 work_ratio: int = 60, work_floor: int = 20_000_000, max_objects: int = 8_000_000,
                  max_keys: int = 4_000_000, max_int_bytes: int = 8192, max_string_bytes: int = 64 * _MIB,
                  max_same_hash: int = 8, max_key_values: int = 65536, max_depth: int = MAX_DEPTH,
                  stop: Callable[[], BaseException | None] | None = None) -> None:
@@ -205,19 +207,26 @@ _SURROGATE_PIECE = 1 << 16
 #: Tuples longer than this are built in chunks of this size.
 _TUPLE_CHUNK = 1 << 16
 
-# Work, in nanoseconds of a slow host (measured on a 2-core VM), of what is charged.
+# Work, in nanoseconds of a slow host (measured on a 2-core VM), of what is charged:
+# what resolving a reference or building a value record costs beyond decoding its
+# tuple (which is bounded like any other container, by memory).
 _WORK_SURROGATE = 300
-_WORK_REF = {"r": 800, "c": 4000}
-_WORK_MEMBER = 2000  # per member of an interface descriptor
+_WORK_REF = {"r": 300, "c": 3500}
+_WORK_INTERFACE = 16000  # a descriptor: the proxy class built for it
+_WORK_MEMBER = 1600  # per member of an interface descriptor
 _WORK_RECORD = {
-    "complex": 1200, "date": 1200, "time": 2500, "datetime": 3000, "timedelta": 1500,
-    "timezone": 2000, "Decimal": 1500, "Fraction": 2500, "UUID": 1500, "ndarray": 6000,
+    "complex": 600, "date": 400, "time": 600, "datetime": 2000, "timedelta": 1000,
+    "timezone": 1500, "Decimal": 600, "Fraction": 1000, "UUID": 1000, "ndarray": 6000,
     "vt": 5000, "frozenset": 1000,
 }
 _WORK_OTHER = 5000
-#: Memory of what a reference resolves to that the decoder cannot see (a new proxy
-#: and its table entry).
-_MEM_REF = {"r": 16, "c": 1024}
+#: Memory of what a reference resolves to that the decoder cannot see: a new proxy
+#: and its table entry (about 270 bytes), and the proxy class of a new interface
+#: (about 450 bytes a member). Members are charged four times that: a class is a
+#: few long-lived objects per member that every full garbage collection walks.
+_MEM_REF = {"r": 16, "c": 512}
+_MEM_INTERFACE = 16384
+_MEM_MEMBER = 2048
 
 #: Key types whose hashing and comparison is data-only (values the decoder or the value
 #: records make).
@@ -451,12 +460,90 @@ NOT_SMALL: Any = _NotSmall()
 # --------------------------------------------------------------------------- decode
 
 
+class _GcPause:
+    """The cyclic garbage collector off while large bodies are decoded.
+
+    Decoding builds trees (no memo, so no cycles) of up to millions of containers;
+    each one allocated counts towards a collection, and a full collection walks every
+    container alive - one C call, holding the GIL, that grows with the message (about
+    100 ms for a 16 MiB body on a small VM). Nothing a decoder builds is garbage for
+    the cyclic collector, so it waits until the last concurrent decode is done.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._paused = False
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if not self._depth and gc.isenabled():
+                gc.disable()
+                self._paused = True
+            self._depth += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            self._depth -= 1
+            if not self._depth and self._paused:
+                self._paused = False
+                gc.enable()
+
+
+_gc_pause = _GcPause()
+#: Bodies from this size on are decoded with the collector paused.
+_GC_PAUSE_FROM = 64 * 1024
+
+
 def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDGET, start: int = 0) -> Any:
     """Build the value the pickle in ``body[start:]`` holds, or raise :class:`ProtocolError`.
 
     ``ref`` turns a persistent id (a tuple built by this decoder) into the object it
     stands for, or raises. The budgets are reckoned from ``len(body)``.
     """
+    if len(body) < _GC_PAUSE_FROM:
+        return _decode(body, ref, budget, start, None)
+    with _gc_pause:
+        wreck: list = []
+        try:
+            return _decode(body, ref, budget, start, wreck)
+        finally:
+            if wreck:
+                _teardown(wreck)
+
+
+def _teardown(wreck: list) -> None:
+    """Free what a refused decode left, in bounded steps.
+
+    Freeing a container frees everything in it in one C call; for a message refused
+    at hundreds of MiB that is millions of objects, and the GIL held for as long.
+    Lists, sets and dicts are emptied a chunk at a time, descending into the large
+    ones, so no step frees more than about a chunk of objects.
+    """
+    todo = [wreck]
+    while todo:
+        x = todo[-1]
+        t = type(x)
+        if not x:
+            todo.pop()
+            continue
+        if t is list:
+            chunk = x[-_TUPLE_CHUNK:]
+            del x[-_TUPLE_CHUNK:]
+        elif t is set:
+            chunk = [x.pop() for _ in range(min(len(x), _TUPLE_CHUNK))]
+        else:
+            chunk = []
+            for _ in range(min(len(x), _TUPLE_CHUNK)):
+                chunk += x.popitem()
+        todo += [y for y in chunk if type(y) in _EMPTIABLE and len(y) > 64]
+        del chunk
+
+
+_EMPTIABLE = (list, set, dict)
+
+
+def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, wreck: list | None) -> Any:
     n = len(body)
     if n - start < 3 or body[start] != 0x80 or body[start + 1] != 5:
         raise _bad("not a pickle of protocol 5")
@@ -823,17 +910,20 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
                         stack[-1] = obj
                         pid = items = None
                     else:
-                        work += _ref_work(pid)
+                        w, extra = _ref_cost(pid)
+                        work += w
                         if work > wlim:
                             raise _over_work(wlim, n)
+                        mem += extra
+                        if mem > lim:
+                            raise _over_memory(mem, lim, n)
                         obj = ref(pid)
-                        stack[-1] = obj  # keeps the id tuple's depth entry
+                        stack[-1] = obj  # keeps the id tuple's depth entry, not its memory
                         nrefs += 1
+                        mem -= (L_SZ_TUPLE0 + 15 + 8 * len(pid)) & -16
                         if kind == "v":
                             t = type(obj)
                             mem += _r16(_getsizeof(obj)) if t in _DATA_KEYS or t.__name__ == "ndarray" else 256
-                        else:
-                            mem += _MEM_REF.get(kind, 0)
                     objs += 1
                     i += 1
                 # -- strings and bytes: in a frame if shorter than its target ---------------
@@ -928,7 +1018,8 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
                     if len(stack) != 1 or marks:
                         raise _bad("STOP with " + ("an open MARK" if marks else f"{len(stack)} values on the stack"))
                     _checkpoint(budget, n, mem, objs, work, lim, wlim)
-                    return stack[0]
+                    value = stack.pop()
+                    return value
                 elif op == 0x95:
                     raise _bad(f"FRAME at offset {sbase + i} inside the previous frame")
                 elif op == 0x80:
@@ -955,6 +1046,8 @@ def decode(body: Any, ref: Callable[[tuple], Any], budget: Budget = DEFAULT_BUDG
         raise _over("the host ran out of memory decoding it") from None
     finally:
         whole.release()
+        if stack and wreck is not None:  # refused: the caller frees what was built, in steps
+            wreck.append(stack)
 
 
 def _bad_batch(op: int, k: int, size: int) -> ProtocolError:
@@ -999,11 +1092,12 @@ def _checkpoint(budget: Budget, n: int, mem: int, objs: int, work: int, lim: int
             raise exc
 
 
-def _ref_work(pid: tuple) -> int:
-    """What resolving the persistent id ``pid`` costs the host (see ``_WORK_*``)."""
+def _ref_cost(pid: tuple) -> tuple[int, int]:
+    """What resolving the persistent id ``pid`` costs the host beyond its tuple:
+    (work, memory the decoder does not see). See ``_WORK_*`` and ``_MEM_*``."""
     kind = pid[0]
     if kind == "v":
-        return _WORK_RECORD.get(pid[1], _WORK_OTHER) if len(pid) == 3 and type(pid[1]) is str else _WORK_OTHER
+        return (_WORK_RECORD.get(pid[1], _WORK_OTHER) if len(pid) == 3 and type(pid[1]) is str else _WORK_OTHER), 0
     if kind == "c":
         desc = pid[3] if len(pid) == 4 else None
         if type(desc) is tuple and len(desc) == 8:
@@ -1011,9 +1105,12 @@ def _ref_work(pid: tuple) -> int:
             for group in desc[2:5]:
                 if type(group) is tuple:
                     members += len(group)
-            return _WORK_REF["c"] + _WORK_MEMBER * members
-        return _WORK_REF["c"]
-    return _WORK_REF.get(kind, _WORK_OTHER) if type(kind) is str else _WORK_OTHER
+            return (_WORK_REF["c"] + _WORK_INTERFACE + _WORK_MEMBER * members,
+                    _MEM_REF["c"] + _MEM_INTERFACE + _MEM_MEMBER * members)
+        return _WORK_REF["c"], _MEM_REF["c"]
+    if type(kind) is str and kind in _WORK_REF:
+        return _WORK_REF[kind], _MEM_REF[kind]
+    return _WORK_OTHER, 0
 
 
 def _big_tuple(stack: list, m: int, stop: Callable[[], BaseException | None] | None) -> tuple:
@@ -1049,8 +1146,16 @@ def _text(body: Any, a: int, j: int, budget: Budget, mem_left: int, work_left: i
     more than ``budget.max_string_bytes`` (or what is left of the memory or work
     budget) is refused before it is decoded."""
     size = j - a
-    # What it will take: 1, 2 or 4 bytes a character, and at most one character a byte.
-    width = 4 if _FOUR_BYTE.search(body, a, j) else 2 if _WIDE.search(body, a, j) else 1
+    # What it will take: 1, 2 or 4 bytes a character, and at most one character a byte
+    # (searched piece by piece: no single C call over the whole string).
+    width = 1
+    for p in range(a, j, _TEXT_PIECE):
+        e = min(p + _TEXT_PIECE, j)
+        if width < 4 and _FOUR_BYTE.search(body, p, e):
+            width = 4
+            break
+        if width == 1 and _WIDE.search(body, p, e):
+            width = 2
     chars = size
     if width > 1 and width * chars > min(budget.max_string_bytes, mem_left):
         chars = 0
@@ -1074,8 +1179,8 @@ def _text(body: Any, a: int, j: int, budget: Budget, mem_left: int, work_left: i
                 s = "".join([dec.decode(view[p:min(p + _TEXT_PIECE, j)], p + _TEXT_PIECE >= j)
                              for p in range(a, j, _TEXT_PIECE)])
         except UnicodeDecodeError:
-            work = _WORK_SURROGATE * sum(_SURROGATE.subn(b"", view[p:min(p + _TEXT_PIECE, j)])[1]
-                                         for p in range(a, j, _TEXT_PIECE))
+            # Counted one match at a time (a list of matches would take memory).
+            work = _WORK_SURROGATE * sum(1 for _ in _SURROGATE.finditer(body, a, j))
             if work > work_left:
                 raise _over_work(budget.work_for(n), n) from None
             dec = codecs.getincrementaldecoder("utf-8")("surrogatepass")
