@@ -222,11 +222,11 @@ _WORK_RECORD = {
 _WORK_OTHER = 5000
 #: Memory of what a reference resolves to that the decoder cannot see: a new proxy
 #: and its table entry (about 270 bytes), and the proxy class of a new interface
-#: (about 450 bytes a member). Members are charged four times that: a class is a
+#: (about 450 bytes a member). Members are charged nine times that: a class is a
 #: few long-lived objects per member that every full garbage collection walks.
 _MEM_REF = {"r": 16, "c": 512}
 _MEM_INTERFACE = 16384
-_MEM_MEMBER = 2048
+_MEM_MEMBER = 4096
 
 #: Key types whose hashing and comparison is data-only (values the decoder or the value
 #: records make).
@@ -565,7 +565,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
     marks: list = []
     base = 0  # where the innermost MARK is (nothing below it may be taken)
     mem = objs = keys = work = nrefs = 0
-    lim = budget.memory_for(n)
+    limit = budget.memory_for(n)
     wlim = budget.work_for(n)
     maxd = budget.max_depth
     mhash = budget.max_same_hash
@@ -594,6 +594,9 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                 sbase = pos
                 buf = _SENTINEL.join((whole[pos:pos + 3], b""))
             seglen = len(buf) - 1
+            # What objects may take in this segment: the budget, less the allocator's
+            # overhead, the stack, and a stack slot for every byte of the segment.
+            lim = limit - (limit >> 5) - _SLOT * (len(stack) + seglen) - 8 * len(marks)
             i = 0
             while True:
                 op = buf[i]
@@ -631,7 +634,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                         mem += (64 + L if len(s) == L else 91 + L) & -16
                         objs += 1
                         if mem > lim:
-                            raise _over_memory(mem, lim, n)
+                            raise _over_memory(mem, limit, n)
                     else:
                         s = L_CHR1[buf[i + 2]]
                         if s is None:
@@ -652,7 +655,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                         mem += (_SZ_BYTES0 + 15 + L) & -16
                         objs += 1
                         if mem > lim:
-                            raise _over_memory(mem, lim, n)
+                            raise _over_memory(mem, limit, n)
                     i = j
                 elif op == 0x87 or op == 0x86 or op == 0x85:
                     k = op - 0x84
@@ -691,7 +694,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                     objs += 1
                     i += 1
                     if mem > lim:
-                        raise _over_memory(mem, lim, n)
+                        raise _over_memory(mem, limit, n)
                 elif op == 0x4A:
                     push(L_unpack_i(buf, i + 1)[0])
                     mem += L_SZ_INT
@@ -708,7 +711,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                             buf[i:i + L_MIN_RUN * w:w] == L_RUN_PREFIX[buf[i]]:
                         i, mem, objs = _run(buf, i, seglen, stack, mem, objs)
                         if mem > lim:
-                            raise _over_memory(mem, lim, n)
+                            raise _over_memory(mem, limit, n)
                 elif op == 0x4D:
                     v = L_unpack_H(buf, i + 1)[0]
                     if v < 256:
@@ -739,7 +742,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                     objs += 1
                     i += 1
                     if mem > lim:
-                        raise _over_memory(mem, lim, n)
+                        raise _over_memory(mem, limit, n)
                 elif op == 0x65 or op == 0x74 or op == 0x75 or op == 0x90:
                     if not marks:
                         raise _bad(f"{_NAMES[op]} without MARK")
@@ -775,7 +778,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                                        "(the pickler writes EMPTY_TUPLE or TUPLE1-3)")
                         if k > L_CHUNK:
                             if mem + _SLOT * len(stack) + 8 * k > lim:
-                                raise _over_memory(mem + _SLOT * len(stack) + 8 * k, lim, n)
+                                raise _over_memory(mem + _SLOT * len(stack) + 8 * k, limit, n)
                             obj: Any = _big_tuple(stack, m, budget.stop)
                         else:
                             obj = tuple(stack[m:])
@@ -834,7 +837,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                             cdep[-1] = d
                         cw[-1] += w
                     if mem > lim:
-                        raise _over_memory(mem, lim, n)
+                        raise _over_memory(mem, limit, n)
                     i += 1
                 elif op == 0x61 or op == 0x73:
                     k = 1 if op == 0x61 else 2
@@ -887,7 +890,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                     cw[-1] += w
                     i += 1
                     if mem > lim:
-                        raise _over_memory(mem, lim, n)
+                        raise _over_memory(mem, limit, n)
                 elif op == 0x51:
                     if len(stack) <= base:
                         raise _bad("stack underflow")
@@ -903,7 +906,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                             raise ProtocolError("bad frozenset record")
                         size = _getsizeof(items)
                         if mem + size > lim:
-                            raise _over_memory(mem + size, lim, n)
+                            raise _over_memory(mem + size, limit, n)
                         obj = frozenset(items)
                         mem += _r16(_getsizeof(obj)) - size  # the set goes with the record
                         work += _WORK_RECORD["frozenset"]
@@ -916,7 +919,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                             raise _over_work(wlim, n)
                         mem += extra
                         if mem > lim:
-                            raise _over_memory(mem, lim, n)
+                            raise _over_memory(mem, limit, n)
                         obj = ref(pid)
                         stack[-1] = obj  # keeps the id tuple's depth entry, not its memory
                         nrefs += 1
@@ -960,7 +963,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                         objs += 1
                         i = j
                         if mem > lim:
-                            raise _over_memory(mem, lim, n)
+                            raise _over_memory(mem, limit, n)
                     else:
                         p = sbase + i
                         if op == 0x96:
@@ -981,7 +984,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                         else:
                             sm = _r16((_SZ_BYTEARRAY0 if op == 0x96 else _SZ_BYTES0) + size)
                             if mem + sm > lim:
-                                raise _over_memory(mem + sm, lim, n)
+                                raise _over_memory(mem + sm, limit, n)
                             obj = bytearray(whole[a:j]) if op == 0x96 else bytes(whole[a:j])
                         mem += sm
                         push(obj)
@@ -1017,7 +1020,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                         raise _bad(f"{n - sbase - i - 1} bytes after STOP")
                     if len(stack) != 1 or marks:
                         raise _bad("STOP with " + ("an open MARK" if marks else f"{len(stack)} values on the stack"))
-                    _checkpoint(budget, n, mem, objs, work, lim, wlim)
+                    _checkpoint(budget, n, mem, objs, work, limit - (limit >> 5), wlim)
                     value = stack.pop()
                     return value
                 elif op == 0x95:
@@ -1027,7 +1030,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                 else:
                     raise _forbidden(op, sbase + i)
             # -- between segments: every budget, and the stop hook ---------------------
-            _checkpoint(budget, n, mem + _SLOT * len(stack) + 8 * len(marks), objs, work, lim, wlim)
+            _checkpoint(budget, n, mem + _SLOT * len(stack) + 8 * len(marks), objs, work, limit - (limit >> 5), wlim)
             if pos >= n:
                 raise _bad("truncated pickle")
     except IndexError:
@@ -1080,7 +1083,7 @@ def _pop_entries(cpos: list, cdep: list, cw: list, p: int) -> tuple[int, int]:
 
 def _checkpoint(budget: Budget, n: int, mem: int, objs: int, work: int, lim: int, wlim: int) -> None:
     if mem > lim:
-        raise _over_memory(mem, lim, n)
+        raise _over_memory(mem, budget.memory_for(n), n)
     if objs > budget.max_objects:
         raise _over(f"more than {budget.max_objects} objects")
     if work > wlim:
