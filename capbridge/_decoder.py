@@ -520,9 +520,9 @@ def _teardown(wreck: list) -> None:
     Lists, sets and dicts are emptied a chunk at a time, descending into the large
     ones, so no step frees more than about a chunk of objects.
     """
-    todo = [wreck]
+    todo = [(wreck, 0)]
     while todo:
-        x = todo[-1]
+        x, level = todo[-1]
         t = type(x)
         if not x:
             todo.pop()
@@ -536,7 +536,8 @@ def _teardown(wreck: list) -> None:
             chunk = []
             for _ in range(min(len(x), _TUPLE_CHUNK)):
                 chunk += x.popitem()
-        todo += [y for y in chunk if type(y) in _EMPTIABLE and len(y) > 64]
+        # The stacks and what is on them, and below them any large container.
+        todo += [(y, level + 1) for y in chunk if type(y) in _EMPTIABLE and (level < 2 or len(y) > 64)]
         del chunk
 
 
@@ -1215,7 +1216,8 @@ def _check_keys(hashes: dict, target: Any, keys: Any, budget: Budget, nrefs: int
     Keys that cannot collide (salted str and bytes, ints below 2**60, None, booleans)
     are not counted; other keys are counted per container once it could hold more
     than ``max_same_hash`` of them, so a hash is shared by at most that many keys (a
-    key holding more than a few hundred values counts as several). ``heavy`` maps the
+    key holding more than a few hundred values counts as several, once another key
+    shares its hash: only keys with one hash are ever compared). ``heavy`` maps the
     stack offsets (``step`` apart for each key) of keys holding many values to their
     count. Returns the bytes the counts took.
     """
@@ -1250,16 +1252,29 @@ def _check_keys(hashes: dict, target: Any, keys: Any, budget: Budget, nrefs: int
         counts = hashes[id(target)] = {}
     size = _getsizeof(counts)
     hs = list(map(hash, keys))
-    _count_elements(counts, hs)
-    if weights:
+    _count_elements(counts, hs)  # keys with each hash, in the low bits
+    if weights:  # ... and what heavy keys add, above them (marked by the None entry)
+        counts[None] = 0
         for idx, extra in weights.items():
-            counts[hs[idx]] += extra
-    if max(map(counts.__getitem__, hs)) > limit:
-        raise ProtocolError(
-            f"message over budget: more than {limit} keys of one dict or set share a hash "
-            "(a hash-flooding pattern)"
-        )
+            counts[hs[idx]] += extra << _EXTRA
+    if None in counts:
+        for h in set(hs):
+            v = counts[h]
+            k = v & _KEYS
+            if k > limit or k > 1 and k + (v >> _EXTRA) > limit:
+                raise _flood(limit)
+    elif max(map(counts.__getitem__, hs)) > limit:
+        raise _flood(limit)
     return _getsizeof(counts) - size + 32 * len(hs)
+
+
+_EXTRA = 24
+_KEYS = (1 << _EXTRA) - 1
+
+
+def _flood(limit: int) -> ProtocolError:
+    return ProtocolError(f"message over budget: more than {limit} keys of one dict or set share a hash "
+                         "(a hash-flooding pattern; a key holding many values counts as several)")
 
 
 _SAFE_TYPES = frozenset({str, bytes, int, bool, type(None)})

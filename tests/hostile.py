@@ -683,6 +683,70 @@ CASES: list[Case] = [
          lambda c: call_with(vrec("ndarray", tup(s("<f8"), tup(i(1000)), by(b"\0" * 16)))), r"bad ndarray record"),
     Case("ndarray_object_dtype",
          lambda c: call_with(vrec("ndarray", tup(s("|O"), tup(i(1)), by(b"\0" * 8)))), r"bad ndarray record"),
+    # --- found attacking the decoder (see docs/security.rst) ---------------------------
+    # one batch of 200,000 set items: a single set.update holding the GIL
+    Case("additems_200k_in_one_batch", lambda c: ret(HQID, EMPTY_SET + MARK + b"".join(
+        BININT + struct.pack("<i", k) for k in range(65536, 265536)) + ADDITEMS),
+         r"ADDITEMS of 200000 items", needs_qid=True, strict_too=True),
+    Case("setitems_100k_in_one_batch", lambda c: ret(HQID, EMPTY_DICT + MARK + b"".join(
+        BININT + struct.pack("<i", k) + NONE for k in range(65536, 165536)) + SETITEMS),
+         r"SETITEMS of 100000 pairs", needs_qid=True),
+    # APPEND after APPEND: 2 bytes an item, one Python round each (was 560 ms/MiB)
+    Case("append_each_item", lambda c: ret(HQID, EMPTY_LIST + (NONE + APPEND) * 300_000),
+         r"APPEND to a list that has items", needs_qid=True, strict_too=True),
+    Case("appends_after_short_batch", lambda c: ret(HQID, EMPTY_LIST + (MARK + i(1) + i(2) + APPENDS) * 2),
+         r"APPENDS after a batch of fewer than 1000 items", needs_qid=True),
+    # MARK then TUPLE around nothing: two bytes, one shared empty tuple, no memory charged
+    Case("mark_tuple_of_nothing", lambda c: ret(HQID, MARK + (MARK + TUPLE) * 300_000 + TUPLE),
+         r"a tuple of 0 items written with MARK and TUPLE", needs_qid=True, strict_too=True),
+    # BININT2 of small values: three bytes, a shared int, no memory charged
+    Case("binint2_small_values", lambda c: ret(HQID, MARK + (BININT2 + b"\x05\x00") * 300_000 + TUPLE),
+         r"BININT2 of 5", needs_qid=True),
+    # open MARKs: eight bytes of host memory each, never charged
+    Case("marks_without_end", lambda c: ret(HQID, MARK * 1_000_000 + NONE),
+         r"nested deeper than 100 levels", needs_qid=True, strict_too=True),
+    # opcodes outside frames: the stop hook and the budgets are checked at frames
+    Case("unframed_body", lambda c: ret_raw(PROTO + MARK + NONE * 1000 + TUPLE + STOP),
+         r"more than 3 bytes of opcodes outside a frame", needs_qid=True, strict_too=True),
+    Case("frame_of_a_megabyte", lambda c: ret_raw(PROTO + FRAME + struct.pack("<Q", 1 << 20) + MARK
+                                                 + NONE * ((1 << 20) - 3) + TUPLE + STOP),
+         r"a FRAME of 1048576 bytes", needs_qid=True),
+    Case("frame_of_two_bytes", lambda c: ret_raw(PROTO + FRAME + struct.pack("<Q", 2) + NONE + STOP),
+         r"a FRAME of 2 bytes", needs_qid=True),
+    Case("short_bytes_outside_frames", lambda c: ret_raw(PROTO + BINBYTES + struct.pack("<I", 1000) + b"x" * 1000
+                                                        + STOP),
+         r"1000 bytes of BINBYTES outside a frame", needs_qid=True),
+    # a string of lone surrogates: ~280 ns each to decode, one C call for the string
+    Case("lone_surrogates_string", lambda c: ret(HQID, BINUNICODE + struct.pack("<I", 3 * 2_000_000)
+                                                 + b"\xed\xa0\x80" * 2_000_000),
+         r"value records, references and lone surrogates would take the host more than", needs_qid=True,
+         strict_too=True),
+    Case("lone_surrogates_short_strings", lambda c: ret(HQID, MARK + (SHORT_BINUNICODE + b"\xff"
+                                                                      + b"\xed\xa0\x80" * 85) * 30_000 + TUPLE),
+         r"lone surrogates would take the host more than", needs_qid=True),
+    # one set item holding 2 million values: hashing it is one long C call
+    Case("tuple_key_of_100k_values", lambda c: ret(HQID, EMPTY_SET + MARK + MARK + NONE * 100_000 + TUPLE + ADDITEMS),
+         r"a dict key or set item holding 100000 values", needs_qid=True, strict_too=True),
+    Case("nested_dict_key_of_120k_values", lambda c: ret(HQID, EMPTY_DICT + MARK + (NONE * 3 + TUPLE3) * 30_000
+                                                         + TUPLE + NONE + SETITEM),
+         r"a dict key or set item holding 120000 values", needs_qid=True),
+    # frozensets are records of a set: a tuple would skip the per-batch checks
+    Case("frozenset_record_of_a_tuple", lambda c: ret(HQID, vrec("frozenset", tup(*[i(k) for k in range(10)]))),
+         r"bad frozenset record", needs_qid=True),
+    # sandbox capabilities with 2047-member interfaces: a proxy class each, uncharged
+    Case("interface_member_bomb", lambda c: ret(HQID, MARK + b"".join(
+        cref(50_000 + k, 50_000 + k, descriptor(methods=MARK + b"".join(member(f"m{j}") for j in range(2047))
+                                               + TUPLE)) for k in range(60)) + TUPLE),
+         r"message over budget", needs_qid=True, strict_too=True),
+    # ndarray shapes of 32 dimensions of 8 KiB ints: big-int products before any check
+    Case("ndarray_huge_dimensions", lambda c: ret(HQID, MARK + vrec("ndarray", tup(s("<f8"), MARK + i(1 << 65000)
+                                                                                   * 32 + TUPLE, by(b""))) * 8
+                                                  + TUPLE),
+         r"bad ndarray record", needs_qid=True),
+    # a string that quadruples in host memory, past the limit for one string
+    Case("string_over_max_string_bytes", lambda c: ret(HQID, BINUNICODE + struct.pack("<I", 20_000_004)
+                                                       + b"a" * 20_000_000 + "\U0001f600".encode()),
+         r"a string of 20000001 characters would take 76 MiB", needs_qid=True),
 ]
 
 CASES_BY_NAME = {c.name: c for c in CASES}
