@@ -198,11 +198,13 @@ def _decode_ndarray(payload: Any) -> Any:
     # product grows past that (a sandbox could send 32 dimensions of 8 KiB ints).
     count = 1
     items = len(data) // itemsize
+    empty = 0 in shape  # then any other dimension up to numpy's index size
     for d in shape:
-        _need(type(d) is int and 0 <= d <= items, "ndarray")
-        count *= d
-        _need(count <= items, "ndarray")
-    _need(count * itemsize == len(data), "ndarray")
+        _need(type(d) is int and 0 <= d < 1 << 62 and (empty or d <= items), "ndarray")
+        if not empty:
+            count *= d
+            _need(count <= items, "ndarray")
+    _need((0 if empty else count) * itemsize == len(data), "ndarray")
     try:
         import numpy
     except ImportError:

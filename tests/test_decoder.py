@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import capbridge
 from capbridge import ProtocolError
 from capbridge._decoder import MAX_DEPTH, Budget, decode
 
@@ -532,3 +533,56 @@ def test_small_readers_agree_with_decode_on_any_bytes(tail):
             got = reader(payload, 0)
             if got is not none:
                 assert _same(got, _dec(payload, lambda pid: object()))
+
+
+# --------------------------------------------------------------------------- numpy arrays by value
+
+_ARRAYS_INSIDE = '''
+import numpy as np
+
+def describe(a):
+    return type(a).__module__, a.dtype.str, a.shape, a.tobytes()
+
+def make(kind):
+    return {
+        "f8": np.arange(1 << 19, dtype="<f8"),  # 4 MiB
+        "grid": np.arange(24, dtype=">i4").reshape(2, 3, 4),
+        "bool": np.array([True, False, True]),
+        "u2": np.arange(7, dtype="<u2"),
+        "c16": np.array([1 + 2j, 3 - 4j]),
+        "S5": np.array([b"ab", b"cdefg"]),
+        "U3": np.array(["x", "yz\\u00e9"]),
+        "empty": np.zeros((0, 5)),
+        "strided": np.arange(100, dtype="<i8")[::3],
+    }[kind]
+
+def echo(a):
+    return a
+'''
+
+
+def test_numpy_arrays_cross_by_value_both_ways_in_a_strict_sandbox(sandbox_factory):
+    np = pytest.importorskip("numpy")
+    from conftest import make_sandbox  # noqa: F401  (the factory's confinement)
+
+    try:
+        sb = sandbox_factory(confinement="strict", allow_imports=("numpy",))
+    except Exception as exc:  # ConfinementUnavailable
+        pytest.skip(f"strict confinement unavailable: {exc}")
+    mod = sb.load(_ARRAYS_INSIDE, name="arrays_inside")
+    host_side = {
+        "f8": np.arange(1 << 19, dtype="<f8"), "grid": np.arange(24, dtype=">i4").reshape(2, 3, 4),
+        "bool": np.array([True, False, True]), "u2": np.arange(7, dtype="<u2"),
+        "c16": np.array([1 + 2j, 3 - 4j]), "S5": np.array([b"ab", b"cdefg"]), "U3": np.array(["x", "yz\u00e9"]),
+        "empty": np.zeros((0, 5)), "strided": np.arange(100, dtype="<i8")[::3],
+    }
+    for kind, want in host_side.items():
+        got = mod.make(kind)  # sandbox -> host
+        assert type(got) is np.ndarray and got.dtype == want.dtype and got.shape == want.shape, kind
+        assert np.array_equal(got, want), kind
+        module, dtype, shape, raw = mod.describe(want)  # host -> sandbox
+        assert (module, dtype, shape, raw) == ("numpy", want.dtype.str, want.shape, want.tobytes()), kind
+        back = mod.echo(want)  # both ways
+        assert back.dtype == want.dtype and np.array_equal(back, want), kind
+    with pytest.raises(capbridge.CapabilityError, match="cannot cross by value"):
+        mod.echo(np.array([object()]))
