@@ -42,7 +42,7 @@ class Limits:
     sandbox. ``max_message_mb``: the largest frame either side may send.
     ``max_output_kb``: bytes of stdout+stderr passed on to the host.
     ``max_decoded_mb``: host memory one message from the sandbox may decode into (it
-    is also held to 15 times the message's size, or 16 MiB when that is more).
+    is also held to 14 times the message's size, or 8 MiB when that is more).
     """
 
     memory_mb: int | None = 512
@@ -338,6 +338,9 @@ class Sandbox:
             self._timed_out = True
             self._killed_by_us = True
             self._proc.kill()
+            # Now, not when a reader sees EOF: the thread that would is perhaps
+            # decoding a reply, and stops at its next frame when the channel is dead.
+            self._chan.fail(EOFError("the call ran past Limits.wall_seconds"))
 
     def _remote_error(self, data: tuple) -> BaseException:
         try:

@@ -114,7 +114,7 @@ def test_memory_budget_counts_real_sizes():
     with pytest.raises(ProtocolError, match="message over budget.*host memory"):
         _dec(body, budget=Budget(floor=1 << 20))
     assert len(_dec(body, budget=Budget(floor=8 << 20))) == 10_000
-    assert len(_dec(body)) == 10_000  # the default allows 16 MiB for any message
+    assert len(_dec(body)) == 10_000  # the default allows 8 MiB for any message
 
 
 def test_memory_budget_scales_with_the_frame_and_is_capped():
