@@ -933,12 +933,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                 # -- strings and bytes: in a frame if shorter than its target ---------------
                 elif op == 0x58 or op == 0x42 or op == 0x96:
                     if framed:
-                        if op == 0x96:
-                            a = i + 9
-                            j = a + _unpack_Q(buf, i + 1)[0]
-                        else:
-                            a = i + 5
-                            j = a + _unpack_I(buf, i + 1)[0]
+                        a, j = _blob_span(buf, i, op)
                         if j > seglen:
                             raise _bad("truncated pickle (a string or bytes runs past the end of its frame)")
                         size = j - a
@@ -966,13 +961,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                         if mem > lim:
                             raise _over_memory(mem, limit, n)
                     else:
-                        p = sbase + i
-                        if op == 0x96:
-                            a = p + 9
-                            j = a + _unpack_Q(body, p + 1)[0]
-                        else:
-                            a = p + 5
-                            j = a + _unpack_I(body, p + 1)[0]
+                        a, j = _blob_span(body, sbase + i, op)
                         size = j - a
                         if j > n - 1:
                             raise _bad("truncated pickle")
@@ -1052,6 +1041,13 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
         whole.release()
         if stack and wreck is not None:  # refused: the caller frees what was built, in steps
             wreck.append(stack)
+
+
+def _blob_span(src: Any, p: int, op: int) -> tuple[int, int]:
+    """Where the data of the BINUNICODE, BINBYTES or BYTEARRAY8 at ``src[p]`` starts and ends."""
+    if op == 0x96:
+        return p + 9, p + 9 + _unpack_Q(src, p + 1)[0]
+    return p + 5, p + 5 + _unpack_I(src, p + 1)[0]
 
 
 def _bad_batch(op: int, k: int, size: int) -> ProtocolError:

@@ -563,7 +563,6 @@ def echo(a):
 
 def test_numpy_arrays_cross_by_value_both_ways_in_a_strict_sandbox(sandbox_factory):
     np = pytest.importorskip("numpy")
-    from conftest import make_sandbox  # noqa: F401  (the factory's confinement)
 
     try:
         sb = sandbox_factory(confinement="strict", allow_imports=("numpy",))
