@@ -47,7 +47,9 @@ goes over:
 No single C call works on more than a bounded slice of the body: batches are at most
 1000 items, long strings are decoded in pieces, long tuples are built in chunks, and
 runs of small numbers and constants are unpacked in batches, so the GIL is released
-between steps and other sandboxes' calls go on.
+between steps and other sandboxes' calls go on. The cyclic garbage collector is
+paused while a large body decodes (a full collection would walk every container
+built so far, in one call), and what a refused decode built is freed in steps.
 
 References (persistent ids) are built as plain tuples and handed to the ``ref``
 callback the moment they are complete; it checks them against the connection's own
@@ -595,9 +597,9 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                 sbase = pos
                 buf = _SENTINEL.join((whole[pos:pos + 3], b""))
             seglen = len(buf) - 1
-            # What objects may take in this segment: the budget, less the allocator's
+            # What objects may take in this segment: the budget, less a 16th for the allocator's
             # overhead, the stack, and a stack slot for every byte of the segment.
-            lim = limit - (limit >> 5) - _SLOT * (len(stack) + seglen) - 8 * len(marks)
+            lim = limit - (limit >> 4) - _SLOT * (len(stack) + seglen) - 8 * len(marks)
             i = 0
             while True:
                 op = buf[i]
@@ -1010,7 +1012,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                         raise _bad(f"{n - sbase - i - 1} bytes after STOP")
                     if len(stack) != 1 or marks:
                         raise _bad("STOP with " + ("an open MARK" if marks else f"{len(stack)} values on the stack"))
-                    _checkpoint(budget, n, mem, objs, work, limit - (limit >> 5), wlim)
+                    _checkpoint(budget, n, mem, objs, work, limit - (limit >> 4), wlim)
                     value = stack.pop()
                     return value
                 elif op == 0x95:
@@ -1020,7 +1022,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                 else:
                     raise _forbidden(op, sbase + i)
             # -- between segments: every budget, and the stop hook ---------------------
-            _checkpoint(budget, n, mem + _SLOT * len(stack) + 8 * len(marks), objs, work, limit - (limit >> 5), wlim)
+            _checkpoint(budget, n, mem + _SLOT * len(stack) + 8 * len(marks), objs, work, limit - (limit >> 4), wlim)
             if pos >= n:
                 raise _bad("truncated pickle")
     except IndexError:
