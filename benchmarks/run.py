@@ -68,6 +68,17 @@ def source(n):
     if b is None:
         b = _blobs[n] = bytes(n)
     return b
+
+def sink_array(a):
+    return a.nbytes
+
+def source_array(n):
+    key = ("array", n)
+    a = _blobs.get(key)
+    if a is None:
+        import numpy
+        a = _blobs[key] = numpy.arange(n // 8, dtype="<f8")
+    return a
 '''
 
 
@@ -285,15 +296,30 @@ class Capbridge(_PeerFunctions):
         self.name = f"capbridge ({confinement})"
         self.transport = "2 pipes (fork-server sandbox)"
         self.sb = Sandbox(grants={"calc": _make_calc()}, confinement=confinement,
-                          limits=Limits(memory_mb=1024, cpu_seconds=None, wall_seconds=120))
+                          limits=Limits(memory_mb=1024, cpu_seconds=None, wall_seconds=120),
+                          allow_imports=("numpy",) if _has_numpy() else ())
         pin_pid(self.sb.pid, cpu)
         self.mod = self.sb.load(SANDBOX_MODULE, name="benchmod")
         self._f, self._cb, self._loop = self.mod.f, self.mod.cb, self.mod.loop
         self._sink, self._source = self.mod.sink, self.mod.source
         self._f(0)
 
+    def send_array(self, a):
+        return self.mod.sink_array(a)
+
+    def recv_array(self, n):
+        return self.mod.source_array(n)
+
     def close(self):
         self.sb.close()
+
+
+def _has_numpy() -> bool:
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class RPyC(_PeerFunctions):
@@ -526,6 +552,22 @@ def measure_bulk(live: dict, sizes: list[int], reps_for) -> dict:
                 except Exception as exc:
                     print(f"  {key} bulk {size} {way} failed: {exc!r}", file=sys.stderr)
                     out[(key, size, way)] = "failed"
+    # numpy arrays by value (capbridge only: value records of plain dtypes)
+    if _has_numpy():
+        import numpy
+
+        size = sizes[-1]
+        arr = numpy.arange(size // 8, dtype="<f8")
+        for key, c in live.items():
+            if isinstance(c, str) or not hasattr(c, "send_array"):
+                continue
+            for way in ("send", "recv"):
+                fn = (lambda: c.send_array(arr)) if way == "send" else (lambda: c.recv_array(size))
+                try:
+                    fn()
+                    out[(key, size, way + "_array")] = time_calls(fn, reps_for(size))
+                except Exception as exc:
+                    print(f"  {key} array {size} {way} failed: {exc!r}", file=sys.stderr)
     return out
 
 
@@ -794,6 +836,14 @@ def main(argv=None) -> int:
             print(table(headers, rows, f"2. Bulk bytes, {p}: 'to' = host passes bytes in, 'from' = "
                                        "peer returns bytes; median per call, MB = 2^20 bytes; x base = "
                                        "throughput / pickle loop"))
+            rows = []
+            for key in ("capbridge", "capbridge-none"):
+                cells = [bulk[p].get((key, 16 << 20, way + "_array")) for way in ("send", "recv")]
+                if all(isinstance(v, list) for v in cells):
+                    rows.append([names[key]] + [f"{16 / statistics.median(v) / 1024:.2f}" for v in cells])
+            if rows:
+                print(table(["contender", "16MB array to GB/s", "16MB array from GB/s"], rows,
+                            f"2b. numpy float64 arrays by value, {p}: median per call, GB = 2^30 bytes"))
 
     if "start" in sections:
         rows = []

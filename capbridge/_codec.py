@@ -63,7 +63,7 @@ STDLIB_VALUE_TYPES = frozenset(
 
 #: Bits of a Fraction's numerator or denominator (building one costs a gcd).
 MAX_FRACTION_BITS = 4096
-#: Characters of a Decimal's text, and its exponent's magnitude.
+#: Characters of a Decimal's text, and the magnitude of its adjusted exponent.
 MAX_DECIMAL_CHARS = 1000
 MAX_DECIMAL_EXPONENT = 999_999
 #: Dimensions of an array.
@@ -93,6 +93,28 @@ def _encode_tz(tz: Any) -> Any:
     )
 
 
+#: Time zones by key, each loaded once per process (a sandbox could otherwise make the
+#: host read and parse a zone file for every datetime it sends).
+_ZONES: dict[str, Any] = {}
+_MAX_ZONES = 4096
+
+
+def _zone(key: str) -> Any:
+    zone = _ZONES.get(key)
+    if zone is None:
+        if len(key) > 64 or ".." in key or not _TZ_KEY.match(key):
+            raise ProtocolError(f"bad time zone key {safe_repr(key)}")
+        import zoneinfo
+
+        try:
+            zone = zoneinfo.ZoneInfo(key)
+        except (OSError, ValueError, LookupError) as exc:
+            raise ProtocolError(f"bad time zone key {safe_repr(key)}: {type(exc).__name__}") from None
+        if len(_ZONES) < _MAX_ZONES:
+            _ZONES[key] = zone
+    return zone
+
+
 def _decode_tz(data: Any) -> Any:
     if data is None:
         return None
@@ -102,17 +124,13 @@ def _decode_tz(data: Any) -> Any:
         return _dt.timezone.utc
     if data[0] == "off" and len(data) == 5:
         _, days, secs, us, name = data
-        if not all(type(x) is int for x in (days, secs, us)) or not (name is None or type(name) is str):
+        if type(days) is not int or type(secs) is not int or type(us) is not int \
+                or not (name is None or type(name) is str):
             raise ProtocolError("bad time zone offset record")
         off = _dt.timedelta(days=days, seconds=secs, microseconds=us)
         return _dt.timezone(off) if name is None else _dt.timezone(off, name)
     if data[0] == "zi" and len(data) == 2 and type(data[1]) is str:
-        key = data[1]
-        if len(key) > 64 or ".." in key or not _TZ_KEY.match(key):
-            raise ProtocolError(f"bad time zone key {safe_repr(key)}")
-        import zoneinfo
-
-        return zoneinfo.ZoneInfo(key)
+        return _zone(data[1])
     raise ProtocolError("bad time zone record")
 
 
@@ -174,15 +192,21 @@ def _decode_ndarray(payload: Any) -> Any:
     _need(type(payload) is tuple and len(payload) == 3, "ndarray")
     dtype, shape, data = payload
     _need(type(dtype) is str and _DTYPE.match(dtype) is not None, "ndarray")
-    _need(type(shape) is tuple and len(shape) <= MAX_NDIM and all(type(d) is int and d >= 0 for d in shape),
-          "ndarray")
-    _need(type(data) in (bytes, bytearray), "ndarray")
+    _need(type(shape) is tuple and len(shape) <= MAX_NDIM and type(data) in (bytes, bytearray), "ndarray")
     width = int(dtype.lstrip("<>|=")[1:])
     itemsize = width * 4 if "U" in dtype else width
+    _need(itemsize > 0, "ndarray")
+    # The shape's product must be the data's length: checked as it is formed, so no
+    # product grows past that (a sandbox could send 32 dimensions of 8 KiB ints).
     count = 1
+    items = len(data) // itemsize
+    empty = 0 in shape  # then any other dimension up to numpy's index size
     for d in shape:
-        count *= d
-    _need(itemsize > 0 and count * itemsize == len(data), "ndarray")
+        _need(type(d) is int and 0 <= d < 1 << 62 and (empty or d <= items), "ndarray")
+        if not empty:
+            count *= d
+            _need(count <= items, "ndarray")
+    _need((0 if empty else count) * itemsize == len(data), "ndarray")
     try:
         import numpy
     except ImportError:
@@ -197,49 +221,81 @@ def _need(cond: bool, kind: str) -> None:
         raise ProtocolError(f"bad {kind} record")
 
 
+def _complex(p: Any) -> Any:
+    _need(type(p) is tuple and len(p) == 2 and type(p[0]) is float and type(p[1]) is float, "complex")
+    return complex(p[0], p[1])
+
+
+def _clock(p: Any, cls: type, kind: str) -> Any:
+    _need(type(p) is tuple and len(p) == 3 and type(p[0]) is str and len(p[0]) <= 40 and p[1] in (0, 1), kind)
+    value = cls.fromisoformat(p[0])
+    tz = p[2]
+    if tz is None and not p[1]:
+        return value
+    return value.replace(tzinfo=_decode_tz(tz), fold=p[1])
+
+
+def _date(p: Any) -> Any:
+    _need(type(p) is str and len(p) <= 20, "date")
+    return _dt.date.fromisoformat(p)
+
+
+def _timedelta(p: Any) -> Any:
+    _need(type(p) is tuple and len(p) == 3 and type(p[0]) is int and type(p[1]) is int and type(p[2]) is int,
+          "timedelta")
+    return _dt.timedelta(p[0], p[1], p[2])
+
+
+def _timezone(p: Any) -> Any:
+    tz = _decode_tz(p)
+    _need(type(tz) is _dt.timezone, "timezone")
+    return tz
+
+
+def _decimal(p: Any) -> Any:
+    _need(type(p) is str and len(p) <= MAX_DECIMAL_CHARS, "Decimal")
+    value = decimal.Decimal(p)
+    if value.is_finite():
+        _need(-MAX_DECIMAL_EXPONENT <= value.adjusted() <= MAX_DECIMAL_EXPONENT, "Decimal")
+    return value
+
+
+def _fraction(p: Any) -> Any:
+    _need(type(p) is tuple and len(p) == 2 and type(p[0]) is int and type(p[1]) is int and p[1] > 0
+          and p[0].bit_length() <= MAX_FRACTION_BITS and p[1].bit_length() <= MAX_FRACTION_BITS, "Fraction")
+    return fractions.Fraction(p[0], p[1])
+
+
+def _uuid(p: Any) -> Any:
+    _need(type(p) is int and 0 <= p < 1 << 128, "UUID")
+    return uuid.UUID(int=p)
+
+
+_BUILDERS = {
+    "complex": _complex,
+    "datetime": lambda p: _clock(p, _dt.datetime, "datetime"),
+    "time": lambda p: _clock(p, _dt.time, "time"),
+    "date": _date,
+    "timedelta": _timedelta,
+    "timezone": _timezone,
+    "Decimal": _decimal,
+    "Fraction": _fraction,
+    "ndarray": _decode_ndarray,
+    "UUID": _uuid,
+}
+
+
 def decode_value_record(kind: Any, payload: Any) -> Any:
     """Build a standard by-value object from a checked record."""
+    build = _BUILDERS.get(kind) if type(kind) is str else None
+    if build is None:
+        raise ProtocolError(f"unknown value record kind {safe_repr(kind)}")
     try:
-        if kind == "complex":
-            _need(type(payload) is tuple and len(payload) == 2 and all(type(x) is float for x in payload), kind)
-            return complex(*payload)
-        if kind in ("datetime", "time"):
-            _need(type(payload) is tuple and len(payload) == 3 and type(payload[0]) is str
-                  and len(payload[0]) <= 40 and payload[1] in (0, 1), kind)
-            cls = _dt.datetime if kind == "datetime" else _dt.time
-            value = cls.fromisoformat(payload[0])
-            return value.replace(tzinfo=_decode_tz(payload[2]), fold=payload[1])
-        if kind == "date":
-            _need(type(payload) is str and len(payload) <= 20, kind)
-            return _dt.date.fromisoformat(payload)
-        if kind == "timedelta":
-            _need(type(payload) is tuple and len(payload) == 3 and all(type(x) is int for x in payload), kind)
-            return _dt.timedelta(days=payload[0], seconds=payload[1], microseconds=payload[2])
-        if kind == "timezone":
-            tz = _decode_tz(payload)
-            _need(type(tz) is _dt.timezone, kind)
-            return tz
-        if kind == "Decimal":
-            _need(type(payload) is str and len(payload) <= MAX_DECIMAL_CHARS, kind)
-            value = decimal.Decimal(payload)
-            if value.is_finite():
-                _need(abs(value.as_tuple().exponent) <= MAX_DECIMAL_EXPONENT, kind)  # type: ignore[arg-type]
-            return value
-        if kind == "Fraction":
-            _need(type(payload) is tuple and len(payload) == 2 and all(type(x) is int for x in payload)
-                  and payload[1] > 0 and max(payload[0].bit_length(), payload[1].bit_length())
-                  <= MAX_FRACTION_BITS, kind)
-            return fractions.Fraction(payload[0], payload[1])
-        if kind == "ndarray":
-            return _decode_ndarray(payload)
-        if kind == "UUID":
-            _need(type(payload) is int and 0 <= payload < 1 << 128, kind)
-            return uuid.UUID(int=payload)
+        return build(payload)
     except ProtocolError:
         raise
     except (ValueError, TypeError, OverflowError, ArithmeticError, LookupError) as exc:
         raise ProtocolError(f"bad {kind} record: {exc}") from None
-    raise ProtocolError(f"unknown value record kind {safe_repr(kind)}")
 
 
 # --------------------------------------------------------------------------- exceptions as data

@@ -58,7 +58,7 @@ class Limits:
         within the grace period, else the sandbox is killed with
         :class:`CPULimitExceeded`).
     :param max_decoded_mb: host memory one message from the sandbox may decode into,
-        in MiB. A message is also held to 15 times its own size (or 16 MiB, when that is
+        in MiB. A message is also held to 14 times its own size (or 8 MiB, when that is
         more); past either, the sandbox is killed with :class:`ProtocolError` (an honest
         sandbox gets a :class:`CapabilityError` at its call site first).
     """

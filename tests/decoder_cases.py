@@ -18,8 +18,8 @@ class Ref:
 
 
 def fast_pickle(obj, *, refs: bool = True) -> bytes:
-    """``obj`` pickled as the sandbox pickles it: protocol 5, no memo, frozensets and
-    other values as records, :class:`Ref` as the persistent id it holds."""
+    """``obj`` pickled as the sandbox pickles it: protocol 5, no memo, frozensets (as
+    sets) and other values as records, :class:`Ref` as the persistent id it holds."""
     from capbridge._codec import encode_value_record
 
     buf = io.BytesIO()
@@ -30,7 +30,7 @@ def fast_pickle(obj, *, refs: bool = True) -> bytes:
         if isinstance(o, Ref):
             return o.pid
         if type(o) is frozenset:
-            return ("v", "frozenset", tuple(o))
+            return ("v", "frozenset", set(o))
         return encode_value_record(o)
 
     p.persistent_id = pid
@@ -82,7 +82,10 @@ NONE = b"N"
 
 
 def payload(ops: bytes) -> bytes:
-    return b"\x80\x05" + ops + b"."
+    """A payload pickle of ``ops``, framed as the sandbox's pickler frames."""
+    from hostile import body
+
+    return body(ops)
 
 
 def bigint(n: int) -> bytes:
@@ -92,32 +95,37 @@ def bigint(n: int) -> bytes:
     return b"\x8b" + struct.pack("<I", len(raw)) + raw
 
 
+def _batches(items: list[bytes], op: bytes) -> bytes:
+    """``items`` added to the container just written, 1000 at a time (as the pickler)."""
+    return b"".join(MARK + b"".join(items[p:p + 1000]) + op for p in range(0, len(items), 1000))
+
+
 def adversarial(size: int) -> dict[str, bytes]:
     """Payloads of about ``size`` bytes built to cost the host as much as possible."""
-    colliding = b"".join(bigint(k * ((1 << 61) - 1)) for k in range(1, 2000))
-    n_sets = size
+    colliding = [bigint(k * ((1 << 61) - 1)) for k in range(1, 1001)]
+    per_batch = len(b"".join(colliding)) + 2
     out = {
         # one byte, one 216-byte set: refused by the memory budget
-        "empty_sets": payload(MARK + EMPTY_SET * n_sets + TUPLE),
-        "empty_lists": payload(MARK + EMPTY_LIST * n_sets + TUPLE),
-        "empty_dicts": payload(EMPTY_LIST + (MARK + EMPTY_DICT * 1000 + APPENDS) * (size // 1002)),
+        "empty_sets": payload(MARK + EMPTY_SET * size + TUPLE),
+        "empty_lists": payload(MARK + EMPTY_LIST * size + TUPLE),
+        "empty_dicts": payload(EMPTY_LIST + _batches([EMPTY_DICT] * size, APPENDS)),
         # a million-deep tuple: refused at depth 101 before anything hashes it
         "deep_tuple": payload(EMPTY_TUPLE + TUPLE1 * (size - 4)),
         "deep_tuple_in_set": payload(EMPTY_SET + MARK + EMPTY_TUPLE + TUPLE1 * (size - 8) + ADDITEMS),
         # keys with one hash
-        "hash_flood": payload(EMPTY_SET + (MARK + colliding + ADDITEMS) * max(1, size // len(colliding))),
+        "hash_flood": payload(EMPTY_SET + _batches(colliding * max(1, size // per_batch), ADDITEMS)),
         # nested lists [[[]]*1000]*N written out in full (no memo)
-        "lists_of_lists": payload(EMPTY_LIST + (MARK + EMPTY_LIST + MARK + EMPTY_LIST * 1000 + APPENDS + APPENDS)
-                                  * (size // 1006)),
+        "lists_of_lists": payload(EMPTY_LIST + _batches(
+            [EMPTY_LIST + MARK + EMPTY_LIST * 1000 + APPENDS] * (size // 1004), APPENDS)),
         # nones and small ints on the stack under one MARK
         "stack_of_nones": payload(MARK + NONE * (size - 4) + TUPLE),
         "ints_in_tuple": payload(MARK + (K + b"\x07") * ((size - 4) // 2) + TUPLE),
         # many one-key dicts (224 bytes from 6)
-        "one_key_dicts": payload(EMPTY_LIST + (MARK + (EMPTY_DICT + K + b"\x01" + K + b"\x02" + b"s") * 1000
-                                               + APPENDS) * (size // 6002)),
+        "one_key_dicts": payload(EMPTY_LIST + _batches(
+            [EMPTY_DICT + K + b"\x01" + K + b"\x02" + b"s"] * (size // 6), APPENDS)),
         # strings that widen to four bytes a character
         "wide_strings": payload(MARK + (b"\x8c\x07" + "\U0001f600".encode() + b"abc") * ((size - 4) // 9) + TUPLE),
         # huge ints, each at the size limit
-        "big_ints": payload(MARK + bigint(1 << (8 * 8190)) * max(1, size // 8200) + TUPLE),
+        "big_ints": payload(MARK + bigint(1 << (8 * 8190)) * max(4, size // 8200) + TUPLE),
     }
     return out

@@ -136,12 +136,20 @@ def by(data: bytes) -> bytes:
 
 
 def tup(*items: bytes) -> bytes:
+    """A tuple, written as the pickler writes one of that length."""
+    if not items:
+        return EMPTY_TUPLE
+    if len(items) <= 3:
+        return b"".join(items) + (TUPLE1, TUPLE2, TUPLE3)[len(items) - 1]
     return MARK + b"".join(items) + TUPLE
 
 
 def dct(*pairs: tuple[bytes, bytes]) -> bytes:
+    """A dict, written as the pickler writes one of that size (at most 1000 pairs)."""
     if not pairs:
         return EMPTY_DICT
+    if len(pairs) == 1:
+        return EMPTY_DICT + pairs[0][0] + pairs[0][1] + SETITEM
     return EMPTY_DICT + MARK + b"".join(k + v for k, v in pairs) + SETITEMS
 
 
@@ -158,9 +166,77 @@ def vrec(kind: str, payload: bytes) -> bytes:
     return pid(s("v"), s(kind), payload)
 
 
+def _op_ends(data: bytes) -> list[int] | None:
+    """Where each opcode in ``data`` ends (pickletools' argument widths); None when
+    ``data`` is not a sequence of whole opcodes."""
+    import pickletools
+
+    codes = {ord(o.code): o for o in pickletools.opcodes}
+    ends = []
+    i = 0
+    try:
+        while i < len(data):
+            o = codes.get(data[i])
+            if o is None:
+                return None
+            width = o.arg.n if o.arg is not None else 0
+            if width >= 0:
+                i += 1 + width
+            elif width == pickletools.UP_TO_NEWLINE:
+                i = data.index(b"\n", i + 1) + 1
+            elif width == pickletools.TAKEN_FROM_ARGUMENT1:
+                i += 2 + data[i + 1]
+            elif width in (pickletools.TAKEN_FROM_ARGUMENT4, pickletools.TAKEN_FROM_ARGUMENT4U):
+                i += 5 + struct.unpack_from("<I", data, i + 1)[0]
+            else:
+                i += 9 + struct.unpack_from("<Q", data, i + 1)[0]
+            ends.append(i)
+    except (IndexError, ValueError, struct.error):
+        return None
+    return ends if i == len(data) else None
+
+
+#: What the pickler puts in one frame, and the size from which it writes a string or
+#: bytes outside frames (capbridge._decoder.FRAME_TARGET).
+FRAME_TARGET = 64 * 1024
+_BLOBS = (BINUNICODE[0], BINBYTES[0], BYTEARRAY8[0])
+
+
+def framed(ops: bytes) -> bytes:
+    """``ops`` (whole opcodes, ending with STOP) cut into frames the way the sandbox's
+    pickler cuts them: a new frame once one holds 64 KiB, strings and bytes of 64 KiB
+    or more outside frames, and frames under 4 bytes left unframed. Bytes that are not
+    whole opcodes go into one frame as they are."""
+    ends = _op_ends(ops)
+    if ends is None:
+        return FRAME + struct.pack("<Q", len(ops)) + ops if len(ops) >= 4 else ops
+    out = []
+    frame_start = 0
+
+    def commit(upto: int) -> None:
+        part = ops[frame_start:upto]
+        if len(part) >= 4:
+            out.append(FRAME + struct.pack("<Q", len(part)))
+        out.append(part)
+
+    start = 0
+    for end in ends:
+        head = 9 if ops[start] == BYTEARRAY8[0] else 5
+        if ops[start] in _BLOBS and end - start - head >= FRAME_TARGET:
+            commit(start)
+            out.append(ops[start:end])
+            frame_start = end
+        elif end - frame_start >= FRAME_TARGET:
+            commit(end)
+            frame_start = end
+        start = end
+    commit(len(ops))
+    return b"".join(out)
+
+
 def body(*parts: bytes) -> bytes:
-    """A payload pickle: PROTO, ``parts``, STOP."""
-    return PROTO + b"".join(parts) + STOP
+    """A payload pickle: PROTO, then ``parts`` and STOP, framed as the pickler frames."""
+    return PROTO + framed(b"".join(parts) + STOP)
 
 
 def u64(n: int) -> bytes:
@@ -411,7 +487,7 @@ CASES: list[Case] = [
          r"nested deeper than 100 levels", strict_too=True),
     Case("deep_dicts", lambda c: call_with(EMPTY_DICT + (s("k") + EMPTY_DICT) * 5000 + SETITEM * 5000),
          r"nested deeper than 100 levels"),
-    Case("deep_frozensets", lambda c: call_with(MARK * 5000 + FROZENSET * 5000), rf"{_FORBIDDEN} FROZENSET"),
+    Case("deep_frozensets", lambda c: call_with(MARK * 50 + FROZENSET * 50), rf"{_FORBIDDEN} FROZENSET"),
     Case("deep_frozenset_records", lambda c: call_with(
         (MARK + s("v") + s("frozenset") + MARK) * 3000 + EMPTY_TUPLE + (TUPLE + TUPLE + BINPERSID) * 3000),
          r"nested deeper than 100 levels"),
@@ -446,7 +522,8 @@ CASES: list[Case] = [
     Case("two_values_at_stop", lambda c: ret_raw(PROTO + NONE + NONE + STOP), r"STOP with 2 values"),
     Case("open_mark_at_stop", lambda c: ret_raw(PROTO + MARK + NONE + STOP), r"STOP with an open MARK"),
     Case("tuple2_underflow", lambda c: ret_raw(PROTO + NONE + TUPLE2 + STOP), r"stack underflow"),
-    Case("tuple_across_mark", lambda c: ret_raw(PROTO + NONE + MARK + NONE + TUPLE2 + STOP), r"stack underflow"),
+    Case("tuple_across_mark", lambda c: ret_raw(PROTO + framed(NONE + MARK + NONE + TUPLE2 + STOP)),
+         r"stack underflow"),
     Case("dup_opcode", lambda c: ret_raw(PROTO + NONE + DUP + TUPLE2 + STOP), rf"{_FORBIDDEN} DUP"),
     Case("list_opcode", lambda c: call_with(MARK + i(1) + LIST), rf"{_FORBIDDEN} LIST"),
     Case("dict_opcode", lambda c: call_with(MARK + i(1) + i(2) + DICT), rf"{_FORBIDDEN} DICT"),
@@ -467,7 +544,7 @@ CASES: list[Case] = [
     Case("target_huge", lambda c: call(target=u64(1 << 62)), r"CALL target must be"),
     Case("kwargs_int_keys", lambda c: call(kwargs=dct((i(1), i(2)))), r"kwargs must be a dict with str keys"),
     Case("kwargs_list", lambda c: call(kwargs=EMPTY_LIST), r"kwargs must be a dict"),
-    Case("args_list", lambda c: call(args=EMPTY_LIST + MARK + i(1) + APPENDS), r"CALL args must be a tuple, got list"),
+    Case("args_list", lambda c: call(args=EMPTY_LIST + i(1) + APPEND), r"CALL args must be a tuple, got list"),
     Case("op_unknown", lambda c: call(op=99), r"CALL op 99 is unknown"),
     Case("name_int", lambda c: call(name=i(5)), r"CALL name must be None or a short str"),
     Case("name_too_long", lambda c: call(name=s("a" * 5000)), r"CALL name must be None or a short str"),
@@ -589,14 +666,14 @@ CASES: list[Case] = [
         for j in range(1, 30_000, 1000))), r"share a hash", strict_too=True),
     Case("hash_flood_dict", lambda c: call_with(EMPTY_DICT + MARK + b"".join(
         i(k * ((1 << 61) - 1)) + NONE for k in range(1, 1000)) + SETITEMS), r"share a hash"),
-    Case("hash_flood_frozenset_of_tuples", lambda c: call_with(vrec("frozenset", tup(*[
-        tup(i(k * ((1 << 61) - 1))) for k in range(1, 200)]))), r"share a hash"),
+    Case("hash_flood_frozenset_of_tuples", lambda c: call_with(vrec("frozenset", EMPTY_SET + MARK + b"".join(
+        tup(i(k * ((1 << 61) - 1))) for k in range(1, 200)) + ADDITEMS)), r"share a hash"),
     Case("frozenset_record_not_a_tuple", lambda c: call_with(vrec("frozenset", EMPTY_LIST)),
          r"bad frozenset record"),
     Case("empty_sets_200k", lambda c: call_with(MARK + EMPTY_SET * 200_000 + TUPLE), r"message over budget",
          strict_too=True),
-    Case("empty_lists_in_lists", lambda c: call_with(EMPTY_LIST + (MARK + EMPTY_LIST + MARK + EMPTY_LIST * 1000
-                                                                 + APPENDS + APPENDS) * 300),
+    Case("empty_lists_in_lists", lambda c: call_with(EMPTY_LIST + MARK + (EMPTY_LIST + MARK + EMPTY_LIST * 1000
+                                                                       + APPENDS) * 300 + APPENDS),
          r"message over budget"),
     Case("int_over_budget", lambda c: call_with(LONG4 + struct.pack("<I", 9000) + b"\x01" * 9000),
          r"over budget: an int of 9000 bytes"),
@@ -609,6 +686,70 @@ CASES: list[Case] = [
          lambda c: call_with(vrec("ndarray", tup(s("<f8"), tup(i(1000)), by(b"\0" * 16)))), r"bad ndarray record"),
     Case("ndarray_object_dtype",
          lambda c: call_with(vrec("ndarray", tup(s("|O"), tup(i(1)), by(b"\0" * 8)))), r"bad ndarray record"),
+    # --- found attacking the decoder (see docs/security.rst) ---------------------------
+    # one batch of 200,000 set items: a single set.update holding the GIL
+    Case("additems_200k_in_one_batch", lambda c: ret(HQID, EMPTY_SET + MARK + b"".join(
+        BININT + struct.pack("<i", k) for k in range(65536, 265536)) + ADDITEMS),
+         r"ADDITEMS of 200000 items", needs_qid=True, strict_too=True),
+    Case("setitems_100k_in_one_batch", lambda c: ret(HQID, EMPTY_DICT + MARK + b"".join(
+        BININT + struct.pack("<i", k) + NONE for k in range(65536, 165536)) + SETITEMS),
+         r"SETITEMS of 100000 pairs", needs_qid=True),
+    # APPEND after APPEND: 2 bytes an item, one Python round each (was 560 ms/MiB)
+    Case("append_each_item", lambda c: ret(HQID, EMPTY_LIST + (NONE + APPEND) * 300_000),
+         r"APPEND to a list that has items", needs_qid=True, strict_too=True),
+    Case("appends_after_short_batch", lambda c: ret(HQID, EMPTY_LIST + (MARK + i(1) + i(2) + APPENDS) * 2),
+         r"APPENDS after a batch of fewer than 1000 items", needs_qid=True),
+    # MARK then TUPLE around nothing: two bytes, one shared empty tuple, no memory charged
+    Case("mark_tuple_of_nothing", lambda c: ret(HQID, MARK + (MARK + TUPLE) * 300_000 + TUPLE),
+         r"a tuple of 0 items written with MARK and TUPLE", needs_qid=True, strict_too=True),
+    # BININT2 of small values: three bytes, a shared int, no memory charged
+    Case("binint2_small_values", lambda c: ret(HQID, MARK + (BININT2 + b"\x05\x00") * 300_000 + TUPLE),
+         r"BININT2 of 5", needs_qid=True),
+    # open MARKs: eight bytes of host memory each, never charged
+    Case("marks_without_end", lambda c: ret(HQID, MARK * 1_000_000 + NONE),
+         r"nested deeper than 100 levels", needs_qid=True, strict_too=True),
+    # opcodes outside frames: the stop hook and the budgets are checked at frames
+    Case("unframed_body", lambda c: ret_raw(PROTO + MARK + NONE * 1000 + TUPLE + STOP),
+         r"more than 3 bytes of opcodes outside a frame", needs_qid=True, strict_too=True),
+    Case("frame_of_a_megabyte", lambda c: ret_raw(PROTO + FRAME + struct.pack("<Q", 1 << 20) + MARK
+                                                 + NONE * ((1 << 20) - 3) + TUPLE + STOP),
+         r"a FRAME of 1048576 bytes", needs_qid=True),
+    Case("frame_of_two_bytes", lambda c: ret_raw(PROTO + FRAME + struct.pack("<Q", 2) + NONE + STOP),
+         r"a FRAME of 2 bytes", needs_qid=True),
+    Case("short_bytes_outside_frames", lambda c: ret_raw(PROTO + BINBYTES + struct.pack("<I", 1000) + b"x" * 1000
+                                                        + STOP),
+         r"1000 bytes of BINBYTES outside a frame", needs_qid=True),
+    # a string of lone surrogates: ~280 ns each to decode, one C call for the string
+    Case("lone_surrogates_string", lambda c: ret(HQID, BINUNICODE + struct.pack("<I", 3 * 2_000_000)
+                                                 + b"\xed\xa0\x80" * 2_000_000),
+         r"value records, references and lone surrogates would take the host more than", needs_qid=True,
+         strict_too=True),
+    Case("lone_surrogates_short_strings", lambda c: ret(HQID, MARK + (SHORT_BINUNICODE + b"\xff"
+                                                                      + b"\xed\xa0\x80" * 85) * 30_000 + TUPLE),
+         r"lone surrogates would take the host more than", needs_qid=True),
+    # one set item holding 2 million values: hashing it is one long C call
+    Case("tuple_key_of_100k_values", lambda c: ret(HQID, EMPTY_SET + MARK + MARK + NONE * 100_000 + TUPLE + ADDITEMS),
+         r"a dict key or set item holding 100000 values", needs_qid=True, strict_too=True),
+    Case("nested_dict_key_of_120k_values", lambda c: ret(HQID, EMPTY_DICT + MARK + (NONE * 3 + TUPLE3) * 30_000
+                                                         + TUPLE + NONE + SETITEM),
+         r"a dict key or set item holding 120000 values", needs_qid=True),
+    # frozensets are records of a set: a tuple would skip the per-batch checks
+    Case("frozenset_record_of_a_tuple", lambda c: ret(HQID, vrec("frozenset", tup(*[i(k) for k in range(10)]))),
+         r"bad frozenset record", needs_qid=True),
+    # sandbox capabilities with 2047-member interfaces: a proxy class each, uncharged
+    Case("interface_member_bomb", lambda c: ret(HQID, MARK + b"".join(
+        cref(50_000 + k, 50_000 + k, descriptor(methods=MARK + b"".join(member(f"m{j}") for j in range(2047))
+                                               + TUPLE)) for k in range(60)) + TUPLE),
+         r"message over budget", needs_qid=True, strict_too=True),
+    # ndarray shapes of 32 dimensions of 8 KiB ints: big-int products before any check
+    Case("ndarray_huge_dimensions", lambda c: ret(HQID, MARK + vrec("ndarray", tup(s("<f8"), MARK + i(1 << 65000)
+                                                                                   * 32 + TUPLE, by(b""))) * 8
+                                                  + TUPLE),
+         r"bad ndarray record", needs_qid=True),
+    # a string that quadruples in host memory, past the limit for one string
+    Case("string_over_max_string_bytes", lambda c: ret(HQID, BINUNICODE + struct.pack("<I", 20_000_004)
+                                                       + b"a" * 20_000_000 + "\U0001f600".encode()),
+         r"a string of 20000001 characters would take 76 MiB", needs_qid=True),
 ]
 
 CASES_BY_NAME = {c.name: c for c in CASES}

@@ -334,9 +334,11 @@ def test_e2e_frame_exactly_at_max_message_mb_is_accepted():
     vault = Vault()
     sb = _sandbox("none", {"vault": vault}, limits=Limits(max_message_mb=1, wall_seconds=10))
     try:
-        empty = H.call_with(H.by(b""))
-        filler = limit - len(empty) - 3  # BINBYTES instead of SHORT_BINBYTES: 3 more length bytes
-        body = H.call_with(H.BINBYTES + struct.pack("<I", filler) + b"\0" * filler)
+        def with_bytes(size):  # bytes of 64 KiB or more travel outside frames, whatever the size
+            return H.call_with(H.BINBYTES + struct.pack("<I", size) + b"\0" * size)
+
+        filler = limit - (len(with_bytes(100_000)) - 100_000)
+        body = with_bytes(filler)
         assert len(body) == limit
         cut = body.index(b"\0" * 64)
         head, tail = body[:cut], body[cut + filler:]
@@ -543,3 +545,36 @@ def test_e2e_set_of_sandbox_objects_does_not_hang_the_host():
         raise AssertionError("the host thread hung (still blocked 10 s later, wall_seconds=2)")
     assert "returned" in r.stdout, r.stderr[-500:]
     assert "SandboxTimeout" not in r.stdout, "the host thread was stuck until the deadline"
+
+
+@capbridge.value_type(name="HostileSlowValue")
+@dataclasses.dataclass
+class _SlowValue:
+    """Host code the decoder runs for each record: 0.2 s a value."""
+
+    x: object
+    built = 0
+
+    def __post_init__(self):
+        type(self).built += 1
+        time.sleep(0.2)
+
+
+def test_e2e_a_reply_decoding_past_the_deadline_raises_sandbox_timeout():
+    """The sandbox is killed while its reply decodes: the call raises SandboxTimeout
+    (it never returns the value), and decoding stops at the next frame."""
+    record = H.vrec("vt", H.tup(H.s("HostileSlowValue"), H.tup(H.s("x")), H.tup(H.NONE), H.NEWFALSE))
+    filler = H.BINBYTES + struct.pack("<I", 60_000) + b"\0" * 60_000  # one frame per record
+    data = H.ret(H.HQID, H.MARK + (record + filler) * 20 + H.TUPLE)
+    _SlowValue.built = 0
+    sb = _sandbox("strict", limits=Limits(wall_seconds=1))
+    try:
+        mod = sb.load(H.ATTACK_SRC, "hostile_attack")
+        mod.stash(data)
+        del mod
+        with pytest.raises(capbridge.SandboxTimeout):
+            sb.exec("import hostile_attack\nhostile_attack.fire()")
+        assert _SlowValue.built < 20, "decoding went on after the sandbox was killed"
+        assert not sb.alive
+    finally:
+        sb.close()

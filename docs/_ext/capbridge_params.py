@@ -82,7 +82,7 @@ PARAMETERS: dict[str, dict[str, str]] = {
                          "is dropped after a note.",
         "call_cpu_seconds": "CPU seconds one call may use.",
         "max_decoded_mb": "MiB of host memory one message from the sandbox may decode into. "
-                          "A message is also held to 15 times its own size (or 16 MiB, when "
+                          "A message is also held to 14 times its own size (or 8 MiB, when "
                           "that is more); past either, the sandbox is killed with "
                           ":class:`ProtocolError` (an honest sandbox gets a "
                           ":class:`CapabilityError` at its call site first).",

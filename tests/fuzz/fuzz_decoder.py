@@ -1,9 +1,10 @@
 """A coverage-guided fuzz target for the host's decoder (atheris).
 
-Run it with ``python tests/fuzz/run.py --minutes 10`` (``pip install atheris``). Every
-input is decoded as a body from the sandbox by a host session holding one export;
-anything but a clean result or ProtocolError is a finding (atheris reports it and
-writes the input to ``crash-*``).
+Run it with ``python tests/fuzz/run.py --minutes 10`` (``pip install -e '.[fuzz]'``).
+Every input is decoded as a body from the sandbox by a host session holding one
+export; anything but a clean result or ProtocolError is a finding, and so is a small
+reader (``small_call``, ``small_answer``) returning other than what ``decode`` returns
+(atheris reports it and writes the input to ``crash-*``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ def main() -> None:
     with atheris.instrument_imports():
         from capbridge import ProtocolError
         import capbridge._decoder  # noqa: F401
-        import capbridge._host_session  # noqa: F401
+        import capbridge._host_session  # noqa: F401  (instrumented)
+
+    from capbridge._decoder import NOT_SMALL, decode, small_answer, small_call
+    from capbridge._protocol import split
 
     session = _session()
 
@@ -41,6 +45,17 @@ def main() -> None:
             session.decode(data)
         except ProtocolError:
             pass
+        # Whenever a small reader returns a value, decode() returns the same one.
+        try:
+            start = split(data)[1]
+        except ProtocolError:
+            return
+        for reader, none in ((small_answer, NOT_SMALL), (small_call, None)):
+            got = reader(data, start)
+            if got is not none:
+                want = decode(data, lambda pid: None, session.budget, start)
+                if type(got) is not type(want) or repr(got) != repr(want):
+                    raise AssertionError(f"{reader.__name__} read {got!r}, decode {want!r}")
 
     atheris.Setup(sys.argv, one_input)
     atheris.Fuzz()
