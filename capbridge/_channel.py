@@ -42,7 +42,7 @@ from ._interrupt import MASK as _TOKEN_MASK
 from ._protocol import HEADER, NEED_DATA, FrameReader, Tag
 from ._session import Session
 
-__all__ = ["Channel", "ChannelClosed"]
+__all__ = ["Channel", "ChannelClosed", "Pending"]
 
 _CALL_T, _RETURN_T, _RAISE_T, _RELEASE_T = int(Tag.CALL), int(Tag.RETURN), int(Tag.RAISE), int(Tag.RELEASE)
 _READ_SIZE = 64 * 1024
@@ -69,6 +69,20 @@ class _Local(threading.local):
     depth = 0
     serving: list | None = None
     block: Any = None  # the innermost active DeadlineBlock of this thread
+
+
+class Pending:
+    """A call :meth:`Channel.begin` sent, until :meth:`Channel.end` finishes it."""
+
+    __slots__ = ("qid", "inbox", "stack", "armed", "reply", "served")
+
+    def __init__(self, qid: int, stack: list) -> None:
+        self.qid = qid
+        self.inbox: list = []  # its answer and the calls nested in it, as routed
+        self.stack = stack  # the serving stack of the thread that began it
+        self.armed = 0
+        self.reply: tuple | None = None
+        self.served = 0  # calls nested in it served by step(), for the caller to see
 
 
 class Channel:
@@ -124,6 +138,9 @@ class Channel:
         self._special_lock = threading.Lock()
         # Whether calls keep deadline bookkeeping at all (one check on the fast path).
         self._timing = wall is not None
+        # For read_ready(): a poll object watching rfd, and that fd.
+        self._ready: Any = None
+        self._ready_fd = -1
         # Sandbox side: a call the main thread must stop at its next safe point.
         self._interrupt: int | None = None
         self._interrupt_ident = 0
@@ -426,6 +443,160 @@ class Channel:
             if msg[0] != _CALL_T:
                 return True
         return False
+
+    # ------------------------------------------------------------------ fan-out (host side)
+    #
+    # One thread drives calls on many channels at once (capbridge.gather): begin()
+    # sends a call, read_ready() reads what a readable channel holds without ever
+    # blocking on it, step() serves what was routed to the call, end() finishes it as
+    # call() would. Calls nested in it are served by the thread that began it.
+
+    def begin(self, target: int, op: int, name: str | None, args: tuple, kwargs: dict,
+              timeout: float | None = None) -> Pending:
+        """Send a call and return at once; see :meth:`step` and :meth:`end`."""
+        if self._dead is not None:
+            raise _detached(self._dead)
+        local = self._local
+        stack = local.serving
+        if stack is None:
+            stack = local.serving = []
+        qid = self._next_qid()
+        p = Pending(qid, stack)
+        self._questions[qid] = p.inbox
+        depth = local.depth
+        if timeout is None and not depth and not self._special and self.wall is not None:
+            deadline = _monotonic() + self.wall  # the common case: only the wall limit
+            self.deadlines[qid] = deadline
+            p.armed = 1
+            if deadline < _watchdog.next_wake:
+                _watchdog.poke()
+        elif self._timing or timeout is not None:
+            try:
+                p.armed = self._arm(qid, depth, timeout)
+            except CallTimeout:
+                del self._questions[qid]
+                raise
+        local.depth = depth + 1
+        self.calls_out += 1
+        msg = (_CALL_T, qid, stack[-1] if stack else 0, target, op, name, args, kwargs)
+        scalar = not kwargs
+        if scalar:
+            for a in args:
+                if type(a) not in _SCALARS:
+                    scalar = False
+                    break
+        try:
+            self._send(msg, scalar)
+        except BaseException as exc:
+            self.calls_out -= 1
+            p.reply = ()
+            try:
+                self.end(p)
+            except BaseException:
+                pass
+            if isinstance(exc, OSError):
+                raise _detached(self.fail(exc)) from None
+            raise
+        return p
+
+    def read_ready(self) -> bool:
+        """Read what the peer has sent, if no other thread is reading, and route it.
+
+        Call it when the channel is readable: it reads once and never waits for the
+        rest of a frame. False when another thread holds the reader.
+        """
+        lock = self._read_lock
+        if not lock.acquire(False):
+            return False
+        msgs: list = []
+        try:
+            # Readable a moment ago, but another reader (an interrupt's pump) may have
+            # taken it since: look again, now that no one else can.
+            ready = self._ready
+            if ready is None or self._ready_fd != self.rfd:
+                ready = self._ready = select.poll()
+                ready.register(self.rfd, select.POLLIN)
+                self._ready_fd = self.rfd
+            if self._dead is None and self.rfd >= 0 and ready.poll(0):
+                try:
+                    data = _os_read(self.rfd, _READ_SIZE)
+                except InterruptedError:
+                    pass  # nothing read: look again
+                else:
+                    if not data:
+                        raise EOFError("the peer closed the channel")
+                    reader = self._reader
+                    n = len(data)
+                    if reader.idle and n >= 4 and _unpack_from(data)[0] + 4 == n and n <= self._max_frame:
+                        msgs.append(self.session.decode(data, 4))
+                    else:
+                        reader.feed(data)
+                        decode = self.session.decode
+                        while True:
+                            body = reader.next_frame()
+                            if body is NEED_DATA:
+                                break
+                            msgs.append(decode(body))
+        except BaseException as exc:
+            self.fail(_as_error(exc))
+        finally:
+            lock.release()
+        try:
+            for msg in msgs:
+                self._route(msg, None)
+        except BaseException:
+            pass  # the channel is failed; the calls on it see that
+        if self._nwaiting:
+            with self._cond:
+                self._cond.notify_all()
+        return True
+
+    def step(self, p: Pending) -> bool:
+        """Serve the calls routed to ``p`` (and top-level ones); True once its answer
+        is in (or the channel is dead)."""
+        inbox = p.inbox
+        top = self._top
+        while True:
+            while inbox:
+                msg = inbox.pop(0)
+                if msg[0] == _CALL_T:
+                    p.served += 1
+                    self._serve(msg, p.stack)
+                else:
+                    p.reply = msg
+                    return True
+            if top:
+                try:
+                    msg = top.pop(0)
+                except IndexError:
+                    continue
+                p.served += 1
+                self._serve(msg, p.stack)
+                continue
+            return self._dead is not None
+
+    def end(self, p: Pending) -> Any:
+        """Finish the call ``p``: its result, or raise its error (as :meth:`call`)."""
+        qid = p.qid
+        self._questions.pop(qid, None)
+        self._local.depth -= 1
+        timed = None
+        if p.armed:
+            self.deadlines.pop(qid, None)
+            if p.armed == 2:
+                timed = self._disarm(qid)
+        reply = p.reply
+        if not reply:
+            raise _detached(self._dead or ChannelClosed("the sandbox was closed"))
+        if timed is not None and timed.fired:
+            raise self._stopped(timed, reply)
+        if reply[0] == _RETURN_T:
+            return reply[2]
+        try:
+            err = self._raise_error(reply[2])
+        except ProtocolError as exc:
+            raise _detached(self.fail(exc)) from None
+        raise _detached(err) if err is self._dead else err
 
     def serve_forever(self) -> None:
         """Serve the peer's calls until the channel ends (the sandbox's main loop)."""

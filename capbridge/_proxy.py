@@ -266,3 +266,21 @@ def build_proxy_class(desc: InterfaceDesc, *, trusted: bool) -> type:
 
 
 new_proxy = _new_proxy
+
+
+_METHOD_CODE = _method("m", "", "", False).__code__
+assert _METHOD_CODE.co_freevars == ("name",)
+_CALL_CODE = _dunder("__call__", "").__code__
+
+
+def call_parts(fn: Any) -> tuple | None:
+    """``(proxy, name)`` when calling ``fn`` is one plain call through a proxy (a proxy
+    method, or a callable proxy: name None), else None."""
+    if isinstance(fn, Proxy):
+        call = getattr(type(fn), "__call__", None)
+        return (fn, None) if getattr(call, "__code__", None) is _CALL_CODE else None
+    owner = getattr(fn, "__self__", None)
+    func = getattr(fn, "__func__", None)
+    if isinstance(owner, Proxy) and getattr(func, "__code__", None) is _METHOD_CODE:
+        return owner, func.__closure__[0].cell_contents  # the name it was made for
+    return None

@@ -83,3 +83,130 @@ def test_bad_arguments():
         capbridge.gather([()])
     with pytest.raises(ValueError):
         capbridge.gather([print], timeout=0)
+
+
+# --------------------------------------------------------------------------- one thread, many channels
+
+STALL_SRC = r"""
+import os, struct, sys, time
+
+def _channel():
+    f = sys._getframe()
+    while f is not None:
+        me = f.f_locals.get("self")
+        if type(me).__name__ == "Channel":
+            return me
+        f = f.f_back
+
+def stall():
+    # Half a frame: the length says 100 bytes, 10 follow, and then nothing.
+    os.write(_channel().wfd, struct.pack(">I", 100) + b"x" * 10)
+    time.sleep(30)
+
+def late(clock):
+    time.sleep(0.2)
+    return clock.mark()
+
+def die():
+    os._exit(3)
+
+def ping():
+    return "pong"
+
+def slow():
+    time.sleep(0.3)
+    return "slow"
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    @expose
+    def mark(self) -> str:
+        import time
+
+        self.at = time.monotonic()
+        return "marked"
+
+
+def test_a_sandbox_sending_half_a_frame_holds_up_no_other_call(sandbox_factory):
+    """Attack: one sandbox writes a frame's length and a few bytes, then nothing. The
+    gathering thread must go on serving the others (a blocking read would wait for
+    the rest of that frame until the deadline killed its sandbox)."""
+    import time
+
+    bad = sandbox_factory().load(STALL_SRC, "m")
+    good = sandbox_factory().load(STALL_SRC, "m")
+    clock = Clock()
+    start = time.monotonic()
+    out = capbridge.gather([bad.stall, (good.late, clock)], timeout=2.0, return_exceptions=True)
+    assert out[1] == "marked"
+    assert clock.at is not None and clock.at - start < 1.5  # served while the other stalled
+    assert isinstance(out[0], capbridge.CapbridgeError)
+
+
+def test_a_sandbox_dying_mid_gather_fails_only_its_own_call(sandbox_factory):
+    mods = [sandbox_factory().load(STALL_SRC, "m") for _ in range(3)]
+    out = capbridge.gather([mods[0].ping, mods[1].die, mods[2].slow], return_exceptions=True)
+    assert out[0] == "pong" and out[2] == "slow"
+    assert isinstance(out[1], capbridge.SandboxError)
+    assert mods[0].ping() == "pong"
+
+
+def test_a_callback_may_call_another_gathered_sandbox(sandbox_factory):
+    """A's call calls back into the host, which calls B while B's own gathered call
+    is still running: B's answers are routed to the right waiter."""
+    b = sandbox_factory().load(STALL_SRC, "m")
+
+    class Hub:
+        @expose
+        def relay(self) -> str:
+            return "via " + b.ping()
+
+    a = sandbox_factory({"hub": Hub()}).load("def go():\n    return hub.relay()\n", "m")
+    assert capbridge.gather([a.go, b.slow]) == ["via pong", "slow"]
+
+
+def test_calls_from_another_thread_into_a_gathered_sandbox(sandbox_factory):
+    import threading
+
+    mods = [sandbox_factory().load(SRC + "\ndef echo(x):\n    return x\n", "m") for _ in range(2)]
+    stop = threading.Event()
+    seen: list = []
+
+    def other() -> None:
+        k = 0
+        while not stop.is_set():
+            assert mods[0].echo(k) == k
+            k += 1
+        seen.append(k)
+
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        for round_ in range(50):
+            assert capbridge.gather([(mods[0].echo, round_), (mods[1].echo, -round_)]) == [round_, -round_]
+    finally:
+        stop.set()
+        t.join(10)
+    assert seen and seen[0] > 0
+
+
+def test_proxies_and_other_callables_mix(boxes):
+    made, mods, _ = boxes
+    out = capbridge.gather([(mods[0].work, 1), (made[1].eval, "6 * 7"), (len, "abc"), (mods[2].work, 2)])
+    assert out == [10, 42, 3, 20]
+
+
+def test_gather_inside_a_callback(sandbox_factory):
+    inner = [sandbox_factory().load(STALL_SRC, "m") for _ in range(2)]
+
+    class Fan:
+        @expose
+        def fan(self) -> list:
+            return capbridge.gather([m.ping for m in inner] + [inner[0].slow])
+
+    outer = sandbox_factory({"fan": Fan()}).load("def go():\n    return fan.fan()\n", "m")
+    assert outer.go() == ["pong", "pong", "slow"]
