@@ -605,8 +605,10 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
     if body[n - 1] != 0x2E:
         raise _bad("truncated pickle, or bytes after STOP (the body does not end with STOP)")
     # Hot names as locals (a global lookup costs as much as the rest of a push).
-    L_C1, L_NO, L_CHR1, L_SZ_INT, L_SZ_FLOAT, L_SZ_T, L_BOOK, L_SZ_LIST, L_SZ_DICT, L_SZ_SET, L_unpack_i, L_unpack_H, L_unpack_d, L_c1_get, L_C1_BYTES, L_RUN, L_RUNS = \
-        _C1, _NO, _CHR1, _SZ_INT, _SZ_FLOAT, _SZ_T, _BOOK, _SZ_LIST, _SZ_DICT, _SZ_SET, _unpack_i, _unpack_H, _unpack_d, _c1_get, _C1_BYTES, _RUN, _RUNS
+    L_C1, L_NO, L_CHR1, L_SZ_INT, L_SZ_FLOAT, L_SZ_T, L_BOOK, L_SZ_LIST, L_SZ_DICT, L_SZ_SET = \
+        _C1, _NO, _CHR1, _SZ_INT, _SZ_FLOAT, _SZ_T, _BOOK, _SZ_LIST, _SZ_DICT, _SZ_SET
+    L_unpack_i, L_unpack_H, L_unpack_d, L_c1_get, L_C1_BYTES, L_RUN, L_RUNS = \
+        _unpack_i, _unpack_H, _unpack_d, _c1_get, _C1_BYTES, _RUN, _RUNS
     L_bisect, L_CHUNK, L_LIGHT, L_BATCH, L_getsizeof, L_SZ_TUPLE0, L_MIN_RUN, L_RUN_PREFIX = \
         _bisect, _TUPLE_CHUNK, _LIGHT_KEY, BATCH, _getsizeof, _SZ_TUPLE0, _MIN_RUN, _RUN_PREFIX
     stack: list = []

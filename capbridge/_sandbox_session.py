@@ -17,7 +17,7 @@ import threading
 import types
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
-    from typing import Any, Callable
+    from typing import Any
 
 from . import _codec
 from ._decoder import MAX_DEPTH, Budget, decode as _decode

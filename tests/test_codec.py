@@ -22,7 +22,6 @@ from capbridge._codec import decode_value_record, encode_value_record
 from capbridge._decoder import MAX_DEPTH, decode
 
 sys.path.insert(0, os.path.dirname(__file__))
-import hostile as H  # noqa: E402
 
 
 def fast_dumps(obj, pid=None) -> bytes:

@@ -11,7 +11,6 @@ import pytest
 import capbridge
 from capbridge import CallTimeout, Limits, RemoteError, SandboxError, SandboxTimeout, expose
 
-from conftest import CONFINEMENT
 
 #: Generous grace for tests that expect the code to stop: a loaded machine may be slow.
 PATIENT = 5.0
