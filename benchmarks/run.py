@@ -5,10 +5,14 @@
     python benchmarks/run.py --quick    # about 30 seconds
     python benchmarks/run.py --only latency,start --many 200
 
+    python benchmarks/run.py --plots docs/_static/bench   # also draw the PNG plots
+
 Sections: 1 call latency beside a hand-written pickle loop, RPyC, Pyro5 and
-multiprocessing.managers; 2 bulk bytes; 3 sandbox start (cold / warm / pooled);
-4 memory per idle sandbox; 5 many concurrent sandboxes; 6 latency with
-confinement='strict' vs 'none'. See benchmarks/README.md for the method.
+multiprocessing.managers; 2 bulk bytes; 3 sandbox start (cold / warm / pooled) and
+sandbox cycles (fresh / pooled); 4 memory per idle sandbox; 5 many concurrent
+sandboxes; 6 latency with confinement='strict' vs 'none'; 7 NPC ticks (50 sandboxes,
+one after another and gathered); 8 calls into many busy sandboxes beside a
+hand-written fan-out. See benchmarks/README.md for the method.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import _peers  # noqa: E402
+import cycles  # noqa: E402
+import many  # noqa: E402
+import npc  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*confinement='none'.*")
 PEER_SCRIPT = os.path.join(HERE, "_peers.py")
@@ -706,13 +713,24 @@ def many_sandboxes(count: int, workers: int = 8) -> dict:
 
 # =============================================================== main
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="about 30 s instead of 2-3 min")
     ap.add_argument("--many", type=int, default=None, help="sandboxes in section 5 (default 500, --quick 100)")
-    ap.add_argument("--only", default="latency,bulk,start,memory,many",
-                    help="comma list of sections: latency,bulk,start,memory,many")
+    ap.add_argument("--only", default="latency,bulk,start,memory,many,npc,fanout",
+                    help="comma list of sections: latency,bulk,start,memory,many,npc,fanout")
+    ap.add_argument("--plots", metavar="DIR", help="draw the tables as PNG plots into DIR (needs matplotlib)")
+    ap.add_argument("--json", metavar="FILE", help="write the figures as JSON to FILE")
     args = ap.parse_args(argv)
+    results: dict = {"sections": {}}
     quick = args.quick
     sections = set(args.only.split(","))
     many_count = args.many if args.many is not None else (100 if quick else 500)
@@ -804,6 +822,12 @@ def main(argv=None) -> int:
                 r = statistics.median(lat[p][("capbridge", d)]) / statistics.median(lat[p][("pickle", d)])
                 target.append(f"{p} {d}: {r:.2f}x {'OK' if r <= 1.3 else 'MISS'}")
         print("target capbridge <= 1.3x pickle loop: " + "; ".join(target))
+        results["sections"]["latency"] = {
+            p: {d: {k: {"median_us": statistics.median(lat[p][(k, d)]) * 1e6,
+                        "p90_us": pct(lat[p][(k, d)], 0.9) * 1e6}
+                    for k in PRINT_ORDER if not status.get(k)}
+                for d, _ in DIRECTIONS}
+            for p in pnames}
 
         rows = []
         for p in pnames:
@@ -865,8 +889,22 @@ def main(argv=None) -> int:
                          ms(pct(ts, 0.9)), "-", ""])
         except Exception as exc:
             rows.append(["fork server alone", "", f"failed: {exc}"[:50], "", "", ""])
+        n_cycle = 15 if quick else 50
+        for conf in ("strict", "none"):
+            for kind, fn, target in (("fresh cycle", cycles.fresh, 0.005), ("pooled cycle", cycles.pooled, 0.001)):
+                try:
+                    ts = fn(n_cycle, conf)
+                    med = statistics.median(ts)
+                    rows.append([f"{conf}, {kind}", str(n_cycle), ms(med), ms(pct(ts, 0.9)),
+                                 f"<= {target * 1e3:g}", "OK" if med <= target else "MISS"])
+                except Exception as exc:
+                    rows.append([f"{conf}, {kind}", str(n_cycle), f"failed: {exc}"[:50], "", "", ""])
         print(table(["sandbox start", "n", "median ms", "p90 ms", "target ms", ""], rows,
-                    "3. Sandbox start: request to ready, locked-down sandbox (unpinned)"))
+                    "3. Sandbox start: request to ready, locked-down sandbox (unpinned); a cycle is "
+                    "start (or check-out), eval('1') and close"))
+        results["sections"]["start"] = [
+            {"what": r[0], "median_ms": float(r[2]) if _is_number(r[2]) else None,
+             "target_ms": float(r[4][3:]) if r[4].startswith("<= ") else None} for r in rows]
 
     if "memory" in sections:
         from sandbox_vm import _spawn
@@ -901,6 +939,53 @@ def main(argv=None) -> int:
                   f"zombies: {len(r['zombies'])}")
         except Exception as exc:
             print(f"\n## 5. many sandboxes failed: {type(exc).__name__}: {exc}")
+
+    if "npc" in sections:
+        npcs, ticks = 50, (20 if quick else 60)
+        res = npc.run(npcs, ticks)
+        rows = []
+        for label, times in res.items():
+            med = statistics.median(times)
+            rows.append([label, f"{1 / med:.1f}", ms(med), ms(pct(times, 0.9)), ">= 100",
+                         "OK" if 1 / med >= 100 else "MISS"])
+        print(table(["driven by", "ticks/s", "median ms", "p90 ms", "target", ""], rows,
+                    f"7. NPC ticks: {npcs} strict sandboxes, a tick = one call into each making 3 host calls "
+                    "(unpinned)"))
+        results["sections"]["npc"] = {label: 1 / statistics.median(times) for label, times in res.items()}
+
+    if "fanout" in sections:
+        counts = [1, 64] if quick else [1, 64, 200]
+        seconds = 1.0 if quick else 3.0
+        rows = []
+        fan: dict = {}
+        for kind, label in (("f", "plain"), ("cb", "nested")):
+            raw = {n: many.run_raw(n, kind, seconds) for n in counts}
+            one = None
+            for how in ("threads", "gather", "raw"):
+                for n in counts:
+                    if n == 1 and how == "gather":
+                        continue
+                    rate, per = raw[n] if how == "raw" else many.run(n, kind, seconds, how)
+                    one = per if one is None else one
+                    fan.setdefault(label, {}).setdefault(how, {})[n] = per
+                    rows.append([str(n), label, how, f"{rate:.0f}", f"{per:.1f}", f"{per / one:.2f}x",
+                                 f"{per / raw[n][1]:.2f}x"])
+        print(table(["sandboxes", "call", "driven by", "calls/s", "µs/call/core", "x one", "x raw"], rows,
+                    f"8. Calls into many busy sandboxes ({seconds:g} s a row, unpinned): threads = a host thread "
+                    "per sandbox; gather = one thread, capbridge.gather; raw = hand-written fan-out "
+                    "(forked children, pickles on pipes, one epoll thread); x one = / one sandbox on one thread"))
+        results["sections"]["fanout"] = fan
+
+    if args.json:
+        import json
+
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+    if args.plots:
+        import _plots
+
+        for path in _plots.draw(results, args.plots):
+            print(f"plot: {path}")
 
     print(f"\ntotal run time {time.perf_counter() - started:.0f} s")
     return 0
