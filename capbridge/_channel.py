@@ -499,14 +499,15 @@ class Channel:
             raise
         return p
 
-    def read_ready(self) -> bool:
+    def read_ready(self, wait: float = 0.0) -> bool:
         """Read what the peer has sent, if no other thread is reading, and route it.
 
-        Call it when the channel is readable: it reads once and never waits for the
-        rest of a frame. False when another thread holds the reader.
+        Call it when the channel is readable (or give ``wait``: seconds to wait for
+        the reader and for something to read): it reads once and never waits for
+        the rest of a frame. False when another thread holds the reader.
         """
         lock = self._read_lock
-        if not lock.acquire(False):
+        if not (lock.acquire(timeout=wait) if wait > 0 else lock.acquire(False)):
             return False
         msgs: list = []
         try:
@@ -517,7 +518,7 @@ class Channel:
                 ready = self._ready = select.poll()
                 ready.register(self.rfd, select.POLLIN)
                 self._ready_fd = self.rfd
-            if self._dead is None and self.rfd >= 0 and ready.poll(0):
+            if self._dead is None and self.rfd >= 0 and ready.poll(int(wait * 1000) if wait > 0 else 0):
                 try:
                     data = _os_read(self.rfd, _READ_SIZE)
                 except InterruptedError:
@@ -816,22 +817,15 @@ class Channel:
         raise CallTimeout(_INTERRUPTED)
 
     def pump(self, timeout: float) -> None:
-        """Read and route what the peer sent, for up to ``timeout`` seconds, unless
-        another thread is reading (host side, while an interrupt's grace runs)."""
-        lock = self._read_lock
-        if self._dead is not None or not lock.acquire(timeout=max(0.0, timeout)):
-            return
-        try:
-            if self._dead is None and _readable(self.rfd, timeout):
-                for msg in self._read_messages():
-                    self._route(msg, None)  # type: ignore[arg-type]
-        except BaseException as exc:
-            self.fail(_as_error(exc))
-        finally:
-            lock.release()
-            if self._nwaiting:
-                with self._cond:
-                    self._cond.notify_all()
+        """Read and route what the peer sent, waiting up to ``timeout`` seconds for it,
+        unless another thread is reading (host side, while an interrupt's grace runs).
+
+        It reads once, as :meth:`read_ready`: waiting here for the rest of a frame
+        would let a peer that sends half of one hold the reader - and the kill that
+        ends the grace, which is decided on the same thread - for ever.
+        """
+        if self._dead is None:
+            self.read_ready(timeout)
 
     def wake(self) -> None:
         """Send an empty RELEASE if the peer has nothing left to read, so a peer

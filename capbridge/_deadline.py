@@ -169,17 +169,20 @@ class Enforcer:
     def fire(self, qid: int) -> None:
         """The watchdog's callback: ``qid``'s look-again time has come (never blocks)."""
         chan = self.chan
-        if chan.dead is not None or not chan.asking(qid):
+        # An answer already routed to the call ends it, even if the thread waiting for
+        # it has not taken it yet (gather's thread may be serving another sandbox's
+        # callback): a call that answered in time is neither interrupted nor killed.
+        if chan.dead is not None or chan.answered(qid):
             return
         rec = chan.timed.get(qid)
         if rec is None:
-            self.kill(self.wall_error())
+            self._kill_unless_answered(qid)
             return
         if rec.fired:
             return
         now = _monotonic()
         if rec.hard is not None and now >= rec.hard:
-            self.kill(self.wall_error())
+            self._kill_unless_answered(qid)
             return
         reason = ""
         cpu_check = None
@@ -201,6 +204,16 @@ class Enforcer:
         threading.Thread(target=self._supervise, args=(rec,), name="capbridge-interrupt",
                          daemon=True).start()
 
+    def _kill_unless_answered(self, qid: int) -> None:
+        """Kill for the wall limit - on a helper thread that first reads what the
+        channel holds, since the answer may wait there unread (see :meth:`fire`)."""
+        def run() -> None:
+            self.chan.pump(0.0)
+            if not self.chan.answered(qid):
+                self.kill(self.wall_error())
+
+        threading.Thread(target=run, name="capbridge-interrupt", daemon=True).start()
+
     def wall_error(self) -> SandboxTimeout:
         return SandboxTimeout(f"a call into the sandbox ran longer than Limits.wall_seconds={self.wall}; "
                               "the sandbox was killed")
@@ -208,6 +221,11 @@ class Enforcer:
     def _supervise(self, rec: Timed) -> None:
         """Interrupt ``rec``'s call, repeat it through the grace period, kill if unanswered."""
         chan = self.chan
+        # The answer may also sit unread in the channel for the same reason: look first.
+        chan.pump(0.0)
+        if chan.answered(rec.qid):
+            rec.fired = 0.0
+            return
         grace = self.grace()
         kill_at = rec.fired + grace
         next_send = 0.0

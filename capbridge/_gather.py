@@ -42,10 +42,15 @@ def _executor() -> concurrent.futures.ThreadPoolExecutor:
 
 
 def _channel_of(fn: Any) -> Any:
-    """The channel a proxy method (or a proxy) calls through, or None."""
+    """The channel a proxy method (or a proxy), or a method of a Sandbox
+    (``sb.eval``, ``sb.call``, ...), calls through; else None."""
+    from ._sandbox import Sandbox
+
     target = getattr(fn, "func", fn)  # functools.partial
     owner = target if isinstance(target, Proxy) else getattr(target, "__self__", None)
-    return owner._cb_chan if isinstance(owner, Proxy) else None
+    if isinstance(owner, Proxy):
+        return owner._cb_chan
+    return owner._chan if isinstance(owner, Sandbox) else None
 
 
 def _run(fn: Callable[..., Any], args: tuple, timeout: float | None) -> Any:
@@ -54,7 +59,7 @@ def _run(fn: Callable[..., Any], args: tuple, timeout: float | None) -> Any:
     chan = _channel_of(fn)
     if chan is None:
         return fn(*args)
-    with DeadlineBlock(chan, timeout):
+    with DeadlineBlock(chan, timeout, source="timeout"):
         return fn(*args)
 
 
@@ -120,7 +125,10 @@ def _multiplex(calls: list[tuple[int, Proxy, str | None, tuple]], timeout: float
                         errors[index] = exc
                 if len(entry) == 1:
                     del live[fd]
-                    poller.unregister(fd)
+                    try:
+                        poller.unregister(fd)
+                    except OSError:
+                        pass  # closed meanwhile (Sandbox.close on another thread): epoll dropped it
             if not live:
                 break
             try:
@@ -150,7 +158,8 @@ def gather(calls: Iterable[Any], *, timeout: float | None = None, return_excepti
 
     :param calls: each a callable, or a tuple ``(callable, *args)``; typically a proxy
         method of a different sandbox each (several into one sandbox work too).
-    :param timeout: a deadline in seconds for each call into a sandbox, as
+    :param timeout: a deadline in seconds for each call into a sandbox (a proxy
+        call, or a method of a :class:`Sandbox` such as ``sb.eval``), as
         ``Sandbox.deadline`` sets it: a call still running is interrupted
         (:class:`CallTimeout`, the sandbox lives on) or, if it does not stop, its
         sandbox is killed (:class:`SandboxTimeout`).
