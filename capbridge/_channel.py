@@ -85,6 +85,10 @@ class Pending:
         self.served = 0  # calls nested in it served by step(), for the caller to see
 
 
+#: Most questions a channel remembers having given up on (beyond, a late answer fails it).
+MAX_GIVEN_UP = 1024
+
+
 class Channel:
     """Blocking transport for one session over ``rfd`` (peer -> us) and ``wfd``.
 
@@ -121,6 +125,9 @@ class Channel:
         self._raise_error = raise_error or _default_error
         self._pending = session.tables.imports.pending_releases
         self._questions = session.tables.questions
+        # Questions this side gave up on (gather interrupted): their late answers are
+        # dropped instead of counting as answers to unknown questions.
+        self._given_up: set[int] = set()
         self._next_qid = session.tables.next_qid
         self._trusted = session.trusted_peer
         self.calls_out = 0
@@ -576,6 +583,27 @@ class Channel:
                 continue
             return self._dead is not None
 
+    def give_up(self, p: Pending) -> None:
+        """Stop waiting for ``p`` (its caller was interrupted): its answer, when it
+        comes, is dropped; calls nested in it are still served, from the shared queue."""
+        qid = p.qid
+        self._questions.pop(qid, None)
+        self._local.depth -= 1
+        if p.armed:
+            self.deadlines.pop(qid, None)
+            if p.armed == 2:
+                self._disarm(qid)
+        if p.reply or self._dead is not None:
+            return
+        calls = [m for m in p.inbox if m[0] == _CALL_T]
+        if len(calls) == len(p.inbox) and len(self._given_up) < MAX_GIVEN_UP:
+            self._given_up.add(qid)
+        if calls:
+            self._top.extend(calls)
+            if self._nwaiting:
+                with self._cond:
+                    self._cond.notify_all()
+
     def end(self, p: Pending) -> Any:
         """Finish the call ``p``: its result, or raise its error (as :meth:`call`)."""
         qid = p.qid
@@ -698,6 +726,9 @@ class Channel:
             if w is None:
                 if self._trusted:
                     return  # a late answer to a question an interrupt made us give up
+                if msg[1] in self._given_up:
+                    self._given_up.discard(msg[1])
+                    return
                 raise self.fail(ProtocolError(f"answer to unknown question {msg[1]}"))
             w.append(msg)
             if w is not me and self._nwaiting:

@@ -143,10 +143,10 @@ def _multiplex(calls: list[tuple[int, Proxy, str | None, tuple]], timeout: float
                 look = list(live)
     finally:
         poller.close()
-        for entry in live.values():  # only after an exception out of here
+        for entry in live.values():  # only after an exception out of here (KeyboardInterrupt)
             for _index, pending in entry[1:]:
                 try:
-                    entry[0].end(pending)
+                    entry[0].give_up(pending)
                 except BaseException:
                     pass
 

@@ -501,3 +501,20 @@ def test_no_fd_or_thread_leak_after_200_rounds(box):
     time.sleep(0.2)  # interrupt helper threads (none expected) would end by now
     assert len(os.listdir("/proc/self/fd")) <= fds
     assert threading.active_count() <= threads + 1
+
+
+def test_an_interrupt_out_of_a_callback_leaves_the_other_sandboxes_alive(box):
+    """A KeyboardInterrupt raised in a host callback ends gather at once; the calls it
+    gave up on answer later, and their answers are dropped: no one is killed for them."""
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    caller = box({"hub": Hub(interrupt)})
+    others = [box() for _ in range(3)]
+    with pytest.raises(KeyboardInterrupt):
+        capbridge.gather([caller.call_hub] + [(o.slow, 0.3) for o in others], timeout=20)
+    time.sleep(0.6)  # the late answers arrive and are read by the next calls
+    for o in others:
+        assert o.ping() == "pong"
+        assert o.slow(0.01) == 0.01
