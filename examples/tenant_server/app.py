@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import pathlib
 import re
@@ -190,15 +191,14 @@ async def serve(server: TenantServer, port: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (0: any free one)")
-    parser.add_argument("--data", help="directory for the tenants' store (default: a new temporary one)")
+    parser.add_argument("--data", help="directory for the tenants' store (default: a temporary one, removed at exit)")
     args = parser.parse_args(argv)
-    data = pathlib.Path(args.data or tempfile.mkdtemp(prefix="tenant-server-"))
-    with SandboxPool(4, limits=LIMITS) as pool:
-        server = TenantServer(pool, data)
-        try:
-            asyncio.run(serve(server, args.port))
-        finally:
-            server.close()
+    with contextlib.ExitStack() as cleanup:
+        data = args.data or cleanup.enter_context(tempfile.TemporaryDirectory(prefix="tenant-server-"))
+        pool = cleanup.enter_context(SandboxPool(4, limits=LIMITS))
+        server = TenantServer(pool, pathlib.Path(data))
+        cleanup.callback(server.close)
+        asyncio.run(serve(server, args.port))
     return 0
 
 
