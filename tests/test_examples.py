@@ -102,7 +102,7 @@ def test_custom_api_web_refuses_what_the_list_does_not_name(site):
 
 
 def test_game_scripting():
-    out = run_example("game_scripting/app.py", "--ticks", "6")
+    out = run_example("game_scripting/app.py", "--ticks", "6", "--budget", "0.3")
     assert out.startswith("loaded 5 NPC scripts: cheater, dreamer, seeker, stubborn, wanderer")
     ticks = out.split("\n== tick ")
     assert len(ticks) == 7 and ticks[-1].startswith("5\n")
@@ -114,7 +114,7 @@ def test_game_scripting():
     assert "cheater's tick failed: AttributeError: Unit has no exposed attribute '_world'" in ticks[2]
     assert "cheater's tick failed: PermissionError" in ticks[3]
     # an endless Python loop is interrupted and loses one turn; the NPC plays on
-    assert "dreamer ran past its 100 ms budget: interrupted, skips this turn" in ticks[3]
+    assert "dreamer ran past its 300 ms budget: interrupted, skips this turn" in ticks[3]
     assert out.count("dreamer ran past") == 1 and "D=dreamer" in ticks[-1]
     # a loop that cannot be interrupted: the NPC is removed, the game goes on
     assert "stubborn removed from the game: SandboxTimeout" in ticks[4]
@@ -152,7 +152,8 @@ def request_json(base: str, method: str, path: str, body: bytes | None = None) -
 
 @pytest.fixture
 def tenant_server():
-    proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "tenant_server" / "app.py"), "--port", "0"],
+    proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "tenant_server" / "app.py"), "--port", "0",
+                             "--deadline", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         line = proc.stdout.readline()

@@ -1,6 +1,6 @@
 """An HTTP service that runs code its tenants upload, each request in a fresh sandbox.
 
-Run:  python examples/tenant_server/app.py [--port 8080] [--data DIR]
+Run:  python examples/tenant_server/app.py [--port 8080] [--deadline 0.5] [--data DIR]
 
   POST /tenants/<name>/handler    upload the tenant's handler (the body is Python source
                                   defining ``handle(request)``)
@@ -33,7 +33,7 @@ from capbridge import Limits, RemoteError, SandboxError, SandboxPool, SandboxTim
 from host_apis import KeyValueStore
 
 LIMITS = Limits(memory_mb=128, cpu_seconds=5, max_output_kb=16)  # per request's sandbox
-DEADLINE = 0.5  # seconds for loading a handler and running it, per request
+DEADLINE = 0.5  # default seconds for loading a handler and running it, per request (--deadline)
 MAX_BODY = 64 * 1024
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
@@ -63,9 +63,10 @@ class Tenant:
 
 
 class TenantServer:
-    def __init__(self, pool: SandboxPool, data: pathlib.Path) -> None:
+    def __init__(self, pool: SandboxPool, data: pathlib.Path, deadline: float = DEADLINE) -> None:
         self.pool = pool
         self.data = data
+        self.deadline = deadline
         self.tenants: dict[str, Tenant] = {}
 
     def tenant(self, name: str) -> Tenant:
@@ -103,11 +104,11 @@ class TenantServer:
         """Run the tenant's ``handle(request)`` in a fresh sandbox with the tenant's store."""
         try:
             async with self.pool.async_sandbox(grants={"store": tenant.store, "request": request}) as sb:
-                with sb.deadline(DEADLINE):  # one deadline for loading and running the handler
+                with sb.deadline(self.deadline):  # one deadline for loading and running the handler
                     await sb.exec(tenant.source, filename=f"<{tenant.name} handler>")
                     result = await sb.eval("handle(request)")
         except SandboxTimeout:  # interrupted (CallTimeout), or killed because it would not stop
-            return 504, {"error": f"the handler ran longer than {DEADLINE} s and was stopped"}
+            return 504, {"error": f"the handler ran longer than {self.deadline} s and was stopped"}
         except RemoteError as exc:  # the handler raised
             return 500, {"error": f"{exc.type_name}: {exc.message}"}
         except SandboxError as exc:  # crashed, out of memory or CPU
@@ -129,6 +130,9 @@ class TenantServer:
                 status, payload = exc.status, {"error": str(exc)}
             except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 return
+            except Exception as exc:  # the server's own failure: answer, log, keep serving
+                print(f"internal error on {method} {target}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                status, payload = 500, {"error": "internal server error"}
             data = json.dumps(payload).encode() + b"\n"
             writer.write(f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n"
                          f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
@@ -191,12 +195,14 @@ async def serve(server: TenantServer, port: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (0: any free one)")
+    parser.add_argument("--deadline", type=float, default=DEADLINE,
+                        help=f"seconds a request's handler may take (default {DEADLINE})")
     parser.add_argument("--data", help="directory for the tenants' store (default: a temporary one, removed at exit)")
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as cleanup:
         data = args.data or cleanup.enter_context(tempfile.TemporaryDirectory(prefix="tenant-server-"))
         pool = cleanup.enter_context(SandboxPool(4, limits=LIMITS))
-        server = TenantServer(pool, pathlib.Path(data))
+        server = TenantServer(pool, pathlib.Path(data), args.deadline)
         cleanup.callback(server.close)
         asyncio.run(serve(server, args.port))
     return 0
