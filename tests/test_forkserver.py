@@ -35,6 +35,11 @@ def runtime_server():
     """A private server whose children run the real ``child_main``."""
     fs = ForkServer()
     assert fs.ready(30)
+    # The host writes the base Landlock paths to the server from a thread that closes
+    # its pipe end when done: let it finish so fd counts compare like with like.
+    for t in threading.enumerate():
+        if t.name == "capbridge-landlock-paths":
+            t.join(30)
     yield fs
     fs.close()
 
