@@ -474,11 +474,10 @@ def trim_own_frames(exc: BaseException) -> None:
             if not tb.tb_frame.f_code.co_filename.startswith(_OWN_DIRS):
                 kept.append(tb)
             tb = tb.tb_next
-        if kept:
-            node = None
-            for t in reversed(kept):
-                node = types.TracebackType(node, t.tb_frame, t.tb_lasti, t.tb_lineno)
-            exc.__traceback__ = node
+        node = None
+        for t in reversed(kept):
+            node = types.TracebackType(node, t.tb_frame, t.tb_lasti, t.tb_lineno)
+        exc.__traceback__ = node
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
         seen += 1
 
