@@ -218,6 +218,17 @@ def _property(name: str, doc: str, settable: bool) -> property:
     return property(fget, fset, None, doc or None)
 
 
+def _plain_args(exc: Any) -> tuple:
+    """An exception's arguments when they are a few plain values (so the other side
+    can rebuild ``KeyError('k')`` or ``OSError(2, 'msg')`` as it was), else ()."""
+    args = getattr(exc, "args", ())
+    if type(args) is tuple and len(args) <= 8 and all(
+            type(a) in (str, int, float, bool, type(None)) and (type(a) is not str or len(a) <= 4096)
+            for a in args):
+        return args
+    return ()
+
+
 def _iterate(chan: Any, first: list, rest: Any) -> Iterator[Any]:
     yield from first
     while rest is not None:
@@ -244,7 +255,7 @@ def _dunder(name: str, doc: str) -> Any:
         fn = __iter__
     elif name == "__exit__":
         def __exit__(self: Proxy, et: Any, ev: Any, tb: Any) -> Any:
-            info = None if et is None else (et.__name__, str(ev))
+            info = None if et is None else (et.__name__, str(ev), _plain_args(ev))
             try:
                 return self._cb_chan.call(self._cb_id, _CALL, "__exit__", (info,), {})
             except BaseException as exc:
