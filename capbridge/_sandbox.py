@@ -104,11 +104,18 @@ class Sandbox:
         or ``"none"`` (development only; warns loudly).
     :param allow_imports: top-level module names sandbox code may import beyond the
         standard library.
+    :param preload: modules imported once in a clean template process before any
+        untrusted code exists; sandboxes of the same configuration start with them
+        imported.
+    :param env: extra environment variables for the sandboxed process (it starts
+        from an empty environment).
     :param stdout: where the sandbox's standard output goes: a callable taking
         ``str`` chunks, or a text file; by default the host's ``sys.stdout``, each
         line prefixed with the sandbox's pid.
     :param stderr: the same for standard error.
-    :param debug: let host tracebacks of failing capabilities reach the sandbox.
+    :param debug: let host tracebacks of failing capabilities reach the sandbox, and
+        keep capbridge's own frames in tracebacks on both sides (by default they show
+        the user's frames only).
     :param audit: called with an :class:`AuditEvent` after each capability call.
 
     ``interrupt_grace`` (seconds, default 0.5) is how long interrupted code gets to
