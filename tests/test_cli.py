@@ -170,9 +170,9 @@ def test_ctrl_c_while_the_sandbox_starts_exits_130_without_a_traceback(tmp_path)
 
 
 def test_a_second_ctrl_c_gives_up_on_a_script_that_ignores_the_first(tmp_path):
-    src = script(tmp_path, "print('started', flush=True)\n"
-                           "while True:\n"
+    src = script(tmp_path, "while True:\n"
                            "    try:\n"
+                           "        print('started', flush=True)\n"
                            "        while True:\n"
                            "            pass\n"
                            "    except KeyboardInterrupt:\n"
@@ -184,6 +184,7 @@ def test_a_second_ctrl_c_gives_up_on_a_script_that_ignores_the_first(tmp_path):
         assert proc.stdout.readline() == "started\n"
         proc.send_signal(signal.SIGINT)
         assert proc.stdout.readline() == "ignored\n"
+        assert proc.stdout.readline() == "started\n"  # caught, and back in the loop
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     finally:

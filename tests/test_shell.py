@@ -190,8 +190,9 @@ def test_ctrl_c_interrupts_the_statement_and_keeps_the_shell(shell):
 def test_ctrl_c_stops_a_busy_loop_and_the_shell_keeps_its_state(shell):
     shell.send("n = 7\n")
     shell.prompt()
-    shell.send("print('spinning', flush=True)\nwhile True: pass\n")
-    shell.expect("spinning")
+    # One line: the loop starts right after the output the test waits for.
+    shell.send("print('spin' + 'ning', flush=True); exec('while True: pass')\n")
+    shell.expect("\nspinning")  # the output, not the echo of the line typed
     shell.send(CTRL_C)
     out = shell.prompt()
     assert "KeyboardInterrupt" in out
@@ -199,8 +200,8 @@ def test_ctrl_c_stops_a_busy_loop_and_the_shell_keeps_its_state(shell):
     shell.send("print('alive', n)\n")
     shell.expect("alive 7")
     shell.prompt()
-    shell.send("while True: pass\n")  # twice: the interrupt is not a one-off
-    time.sleep(0.3)
+    shell.send("print('ag' + 'ain', flush=True); exec('while True: pass')\n")  # not a one-off
+    shell.expect("\nagain")
     shell.send(CTRL_C)
     assert "KeyboardInterrupt" in shell.prompt()
     shell.send("print('still', n)\n")
