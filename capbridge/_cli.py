@@ -850,6 +850,14 @@ def _split_run_argv(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``capbridge`` script; returns the exit code."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before a sandbox exists (the commands handle it after)
+        _say("interrupted")
+        return EX_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     script_args: list[str] | None = None

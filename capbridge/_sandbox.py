@@ -574,6 +574,11 @@ class Sandbox:
         status = self._proc.wait(5.0)
         if isinstance(cause, ProtocolError):
             err: BaseException = ProtocolError(f"{cause}; the sandbox was killed")
+        elif isinstance(cause, KeyboardInterrupt):
+            err = SandboxError("a KeyboardInterrupt on the host broke into a call to the sandbox "
+                               "while it read the reply; the sandbox was killed")
+            err.__cause__ = None
+            return err
         elif status is not None and self._cpu_exhausted(status):
             err = CPULimitExceeded(
                 f"the sandbox used up its CPU time (Limits.cpu_seconds={self.limits.cpu_seconds}); "

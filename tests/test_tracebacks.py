@@ -270,6 +270,30 @@ def test_debug_keeps_every_frame(sandbox_factory):
     assert any(f.startswith(CAPBRIDGE_DIR) for f in frame_files(text)), text
 
 
+def test_ctrl_c_during_a_call_raises_keyboard_interrupt(sandbox_factory):
+    """Ctrl-C while the host waits for a reply: the program sees KeyboardInterrupt (not
+    a crashed sandbox), with the caller's frames only; the sandbox, whose reply was
+    cut off, is killed and says why when used again."""
+    import signal
+    import threading
+
+    sb = sandbox_factory()
+    other = sandbox_factory()
+    sb.exec("import sys\nprint('ready', flush=True, file=sys.stderr)")
+    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        exc, text = printed(lambda: sb.exec("while True:\n    pass", timeout=60))
+    finally:
+        timer.cancel()
+    assert type(exc) is KeyboardInterrupt, text
+    assert_user_frames_only(text)
+    assert not sb.alive
+    exc, text = printed(lambda: sb.eval("1"))
+    assert isinstance(exc, SandboxError) and "KeyboardInterrupt" in str(exc)
+    assert other.eval("6 * 7") == 42  # nothing else is touched
+
+
 @pytest.mark.parametrize("n", [1, 200])
 def test_trim_is_bounded_and_never_raises(n):
     from capbridge._tracebacks import trim
