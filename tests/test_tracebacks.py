@@ -82,6 +82,16 @@ def test_exec_shows_the_sandbox_source_line_without_carets(sb):
     assert lines[at + 2].startswith("capbridge.RemoteError")  # no caret line: columns are unknown
 
 
+def test_frames_show_their_own_lines_when_runs_share_a_file_name(sb):
+    sb.exec("def g():\n    return 1 + None\n")
+    sb.exec("x = 1\ny = 2\nz = 3\n")  # a later run under the same name, <sandbox>
+    exc, text = printed(lambda: sb.eval("g()"))
+    lines = text.splitlines()
+    at = lines.index('  File "<sandbox:sandbox>", line 2, in g')
+    assert lines[at + 1] == "    return 1 + None", text
+    assert "y = 2" not in text
+
+
 def test_loaded_function_shows_every_sandbox_frame(sb):
     plugin = sb.load("def f(x):\n    return g(x)\ndef g(x):\n    return x / 0\n", name="plugin")
     exc, text = printed(lambda: plugin.f(3))
