@@ -26,6 +26,7 @@ from ._deadline import DeadlineBlock
 from ._errors import CallTimeout
 from ._execution import Execution
 from ._sandbox import Sandbox, _check_timeout
+from ._tracebacks import trim
 
 __all__ = ["AsyncSandbox"]
 
@@ -64,9 +65,13 @@ class AsyncSandbox:
 
     async def start(self) -> "AsyncSandbox":
         """Start the sandbox (``async with`` does this). Cancelling it ends the sandbox."""
-        if self._sb is None:
-            await self._start_with(functools.partial(Sandbox, self._grants, **self._kwargs))
-        return self
+        try:
+            if self._sb is None:
+                await self._start_with(functools.partial(Sandbox, self._grants, **self._kwargs))
+            return self
+        except BaseException as exc:
+            trim(exc, self._debug())
+            raise
 
     async def _start_with(self, make: Callable[[], Sandbox]) -> None:
         self._loop = asyncio.get_running_loop()
@@ -111,6 +116,10 @@ class AsyncSandbox:
         else:
             asb._attach(sb)
         return asb
+
+    def _debug(self) -> bool:
+        sb = self._sb
+        return bool(sb.debug if sb is not None else self._kwargs.get("debug", False))
 
     @property
     def sandbox(self) -> Sandbox:
@@ -166,28 +175,32 @@ class AsyncSandbox:
         :param timeout: seconds those calls may take, as ``timeout=`` of :meth:`Sandbox.exec`
             (``timeout`` is taken by ``run``; wrap ``fn`` to pass one of that name).
         """
-        sb = self.sandbox
-        timeout = _check_timeout(timeout)
-        until = _until.get()
-        seconds = None
-        if timeout is not None:
-            mine = time.monotonic() + timeout
-            if until is None or mine < until:
-                until, seconds = mine, timeout
-        block = DeadlineBlock(sb._chan, seconds, until=until, source="timeout" if seconds else "deadline")
-        if seconds is None and until is not None:
-            block.seconds = max(0.0, until - time.monotonic())
-
-        def job() -> Any:
-            with block:
-                return fn(*args, **kwargs)
-
-        future = self._workers.submit(job)
         try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            if not future.cancel():
-                block.expire("cancelled")
+            sb = self.sandbox
+            timeout = _check_timeout(timeout)
+            until = _until.get()
+            seconds = None
+            if timeout is not None:
+                mine = time.monotonic() + timeout
+                if until is None or mine < until:
+                    until, seconds = mine, timeout
+            block = DeadlineBlock(sb._chan, seconds, until=until, source="timeout" if seconds else "deadline")
+            if seconds is None and until is not None:
+                block.seconds = max(0.0, until - time.monotonic())
+
+            def job() -> Any:
+                with block:
+                    return fn(*args, **kwargs)
+
+            future = self._workers.submit(job)
+            try:
+                return await asyncio.wrap_future(future)
+            except asyncio.CancelledError:
+                if not future.cancel():
+                    block.expire("cancelled")
+                raise
+        except BaseException as exc:
+            trim(exc, self._debug())
             raise
 
     async def exec(self, source: str, *, filename: str = "<sandbox>", timeout: float | None = None) -> None:
@@ -197,7 +210,11 @@ class AsyncSandbox:
         :param filename: the file name tracebacks show.
         :param timeout: seconds this call may take.
         """
-        await self.run(self.sandbox.exec, source, filename=filename, timeout=timeout)
+        try:
+            await self.run(self.sandbox.exec, source, filename=filename, timeout=timeout)
+        except BaseException as exc:
+            trim(exc, self._debug())
+            raise
 
     async def eval(self, expression: str, *, timeout: float | None = None) -> Any:
         """:meth:`Sandbox.eval` as a coroutine.
@@ -205,7 +222,11 @@ class AsyncSandbox:
         :param expression: one Python expression.
         :param timeout: seconds this call may take.
         """
-        return await self.run(self.sandbox.eval, expression, timeout=timeout)
+        try:
+            return await self.run(self.sandbox.eval, expression, timeout=timeout)
+        except BaseException as exc:
+            trim(exc, self._debug())
+            raise
 
     async def execute(self, source: str, *, timeout: float | None = None) -> Execution:
         """:meth:`Sandbox.execute` as a coroutine.
@@ -213,7 +234,11 @@ class AsyncSandbox:
         :param source: Python statements.
         :param timeout: seconds this run may take.
         """
-        return await self.run(self.sandbox.execute, source, timeout=timeout)
+        try:
+            return await self.run(self.sandbox.execute, source, timeout=timeout)
+        except BaseException as exc:
+            trim(exc, self._debug())
+            raise
 
     async def call(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """:meth:`Sandbox.call` as a coroutine.
@@ -221,7 +246,11 @@ class AsyncSandbox:
         :param fn: the function to ship and run.
         :param timeout: seconds this call may take (taken by ``call``).
         """
-        return await self.run(functools.partial(self.sandbox.call, fn, *args, **kwargs), timeout=timeout)
+        try:
+            return await self.run(functools.partial(self.sandbox.call, fn, *args, **kwargs), timeout=timeout)
+        except BaseException as exc:
+            trim(exc, self._debug())
+            raise
 
     async def load(self, source: str, name: str, *, timeout: float | None = None) -> Any:
         """:meth:`Sandbox.load` as a coroutine.
@@ -230,7 +259,11 @@ class AsyncSandbox:
         :param name: its module name.
         :param timeout: seconds running it may take.
         """
-        return await self.run(self.sandbox.load, source, name, timeout=timeout)
+        try:
+            return await self.run(self.sandbox.load, source, name, timeout=timeout)
+        except BaseException as exc:
+            trim(exc, self._debug())
+            raise
 
     async def grant(self, name: str, obj: Any) -> None:
         """:meth:`Sandbox.grant` as a coroutine.
@@ -238,7 +271,11 @@ class AsyncSandbox:
         :param name: the global name the sandbox sees.
         :param obj: a capability, a function or a value.
         """
-        await self.run(self.sandbox.grant, name, obj)
+        try:
+            await self.run(self.sandbox.grant, name, obj)
+        except BaseException as exc:
+            trim(exc, self._debug())
+            raise
 
     async def stats(self) -> dict[str, Any]:
         """:meth:`Sandbox.stats`."""

@@ -677,7 +677,10 @@ class Channel:
                         msgs = self._read_messages()
                 except BaseException as exc:
                     read_lock.release()
-                    raise self.fail(_as_error(exc)) from None
+                    dead = self.fail(_as_error(exc))
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise  # Ctrl-C goes on as itself; the half-read channel is dead
+                    raise dead from None
                 read_lock.release()
                 if msgs is None or len(msgs) == 1 and not self._nwaiting:
                     if msgs is not None:

@@ -283,12 +283,16 @@ class _ForwardInterrupt:
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.sent:
+            self.gave_up = True
             raise KeyboardInterrupt
         self.sent = True
         try:
             os.kill(self.pid, signal.SIGINT)
         except OSError:
+            self.gave_up = True
             raise KeyboardInterrupt from None
+
+    gave_up = False
 
     def __enter__(self) -> _ForwardInterrupt:
         try:
@@ -297,9 +301,40 @@ class _ForwardInterrupt:
             self.old = None
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
         if self.old is not None:
             signal.signal(signal.SIGINT, self.old)
+        if self.gave_up and et is not None and not issubclass(et, KeyboardInterrupt):
+            # The interrupt broke into the wait for the sandbox, which took it down:
+            # what the person did was interrupt, and that is what ends the command.
+            raise KeyboardInterrupt from None
+
+
+class _HoldInterrupt:
+    """While the sandbox starts: a Ctrl-C is held until the start is done, then ends
+    the command (a second one ends it at once)."""
+
+    def __init__(self) -> None:
+        self.pressed = 0
+        self.old: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.pressed += 1
+        if self.pressed > 1:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> _HoldInterrupt:
+        try:
+            self.old = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread
+            self.old = None
+        return self
+
+    def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+        if self.pressed and not (et is not None and issubclass(et, KeyboardInterrupt)):
+            raise KeyboardInterrupt from None
 
 
 class MalformedResult(Exception):
@@ -458,8 +493,9 @@ def _cmd_run(opts: argparse.Namespace) -> int:
     fs = _make_fs(mounts) if mounts else None
     sb = None
     try:
-        sb = _open_sandbox(opts, fs, grants)
-        sb.call(_sandbox_prepare, [filename, *opts.args], cwd, filename, source)
+        with _HoldInterrupt():
+            sb = _open_sandbox(opts, fs, grants)
+            sb.call(_sandbox_prepare, [filename, *opts.args], cwd, filename, source)
         with _ForwardInterrupt(sb.pid):
             kind, value, extra = _checked(sb.call(_sandbox_run, source, filename, "exec"))
     except (CapbridgeError, KeyboardInterrupt, MalformedResult) as exc:
@@ -550,8 +586,9 @@ def _cmd_shell(opts: argparse.Namespace) -> int:
     compiler = codeop.CommandCompiler()
     sb = None
     try:
-        sb = _open_sandbox(opts, fs, grants)
-        sb.call(_sandbox_prepare, [""], cwd, None, None)
+        with _HoldInterrupt():
+            sb = _open_sandbox(opts, fs, grants)
+            sb.call(_sandbox_prepare, [""], cwd, None, None)
         editing = _line_editing(sb) if interactive else None
         if interactive:
             where = ", ".join(f"{v} ({'rw' if w else 'ro'})" for v, _, w in mounts) or "none"
@@ -813,6 +850,14 @@ def _split_run_argv(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``capbridge`` script; returns the exit code."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before a sandbox exists (the commands handle it after)
+        _say("interrupted")
+        return EX_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     script_args: list[str] | None = None

@@ -14,6 +14,7 @@ import builtins
 import collections
 import linecache
 import threading
+import types
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
     from typing import Any
@@ -87,7 +88,9 @@ class _SourceLines:
             lines = entry[2] if entry is not None and len(entry) == 4 and filename in self._names else []
             if len(lines) < lineno:
                 lines = lines + ["\n"] * (lineno - len(lines))
-            lines[lineno - 1] = line + "\n"
+            # Indented by one space: with the stub frames of _traceback_from_frames, the
+            # line then counts as covered whole, and no carets are drawn under it.
+            lines[lineno - 1] = " " + line + "\n"
             linecache.cache[filename] = (0, None, lines, filename)
             self._names[filename] = None
             self._names.move_to_end(filename)
@@ -99,26 +102,48 @@ class _SourceLines:
 _SOURCE = _SourceLines()
 
 
+class _Maker(Exception):
+    pass
+
+
+_STUBS: dict[int, Any] = {}
+
+
+def _stub(width: int) -> Any:
+    """Code that raises in a statement wider than ``width`` columns and two lines
+    long: a traceback then draws no carets under the sandbox's source line (the
+    stub's columns say nothing about where in that line the error was)."""
+    width = (width // 64 + 1) * 64
+    code = _STUBS.get(width)
+    if code is None:
+        code = _STUBS[width] = compile("raise (_cb_maker" + " " * width + "\n)", "<sandbox>", "exec")
+    return code
+
+
 def _traceback_from_frames(frames: Any) -> Any:
-    """A real traceback of the sandbox's frames (tblib), so a host traceback shows
-    where in the sandbox the error happened; None if the data is not usable."""
+    """A real traceback of the sandbox's frames, so a host traceback shows where in
+    the sandbox the error happened; None if the data is not usable.
+
+    Each frame is a tiny code object renamed to the sandbox's file and function and
+    run once to raise (as tblib does it): only names and line numbers come from the
+    sandbox, never code."""
     if not _check_frames(frames) or not frames:
         return None
     try:
-        from tblib import Traceback
-
-        node = None
-        for filename, lineno, name, line in reversed(frames):
+        made = []
+        for filename, lineno, name, line in frames:
             shown = sandbox_filename(filename)
             _SOURCE.add(shown, lineno, line)
-            node = {
-                "tb_frame": {"f_globals": {"__name__": "<sandbox>"},
-                             "f_locals": {}, "f_code": {"co_filename": shown, "co_name": name},
-                             "f_lineno": lineno},
-                "tb_lineno": lineno,
-                "tb_next": node,
-            }
-        return Traceback.from_dict(node).as_traceback()
+            code = _stub(len(line)).replace(co_firstlineno=max(1, lineno), co_filename=shown, co_name=name)
+            try:
+                exec(code, {"__name__": "<sandbox>", "_cb_maker": _Maker})
+            except _Maker as exc:
+                made.append(exc.__traceback__.tb_next)  # type: ignore[union-attr]
+                del exc
+        node = None
+        for tb in reversed(made):
+            node = types.TracebackType(node, tb.tb_frame, tb.tb_lasti, tb.tb_lineno)
+        return node
     except Exception:
         return None
 
@@ -182,7 +207,7 @@ def error_from_data(data: Any, *, trusted: bool) -> BaseException:
         traceback = _traceback_from_frames(frames) if frames is not None else None
         if traceback is not None:
             err = err.with_traceback(traceback)
-        elif tb:
+        elif tb and frames != ():  # no frames at all: the sandbox kept none of its own
             err.__cause__ = RemoteTraceback(tb)
         return err
     name, args, message, tb, extra = data

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 from ._deadline import DeadlineBlock
 from ._protocol import Op, Tag
 from ._proxy import Proxy, call_parts
+from ._tracebacks import trim
 
 __all__ = ["gather"]
 
@@ -166,6 +167,36 @@ def gather(calls: Iterable[Any], *, timeout: float | None = None, return_excepti
     :param return_exceptions: put a failed call's exception in its place in the list
         instead of raising the first one (after all calls have ended).
     """
+    try:
+        if not isinstance(calls, (list, tuple)):
+            calls = list(calls)
+        out = _gather(calls, timeout, return_exceptions)
+    except BaseException as exc:
+        trim(exc, _any_debug(calls))
+        raise
+    if return_exceptions:
+        debug = None
+        for result in out:
+            if isinstance(result, BaseException):
+                if debug is None:
+                    debug = _any_debug(calls)
+                trim(result, debug)
+    return out
+
+
+def _any_debug(calls: Any) -> bool:
+    """Whether a proxy among ``calls`` belongs to a ``debug=True`` sandbox."""
+    try:
+        for call in calls:
+            chan = _channel_of(call[0] if isinstance(call, tuple) and call else call)
+            if chan is not None and chan.session.debug:
+                return True
+    except Exception:
+        pass
+    return False
+
+
+def _gather(calls: Iterable[Any], timeout: float | None, return_exceptions: bool) -> list:
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or timeout <= 0):
         raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")

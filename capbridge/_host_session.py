@@ -486,14 +486,20 @@ def _host_exit(obj: Any, args: tuple) -> Any:
     info = args[0] if args else None
     if info is None:
         return type(obj).__exit__(obj, None, None, None)
-    if type(info) is not tuple or len(info) != 2 or type(info[0]) is not str or type(info[1]) is not str:
-        raise TypeError("__exit__ takes (type name, message) or None")
+    if (type(info) is not tuple or len(info) not in (2, 3) or type(info[0]) is not str
+            or type(info[1]) is not str):
+        raise TypeError("__exit__ takes (type name, message[, args]) or None")
     name, message = info[0][:200], info[1][:65536]
+    plain = info[2] if len(info) == 3 else ()
+    if not (type(plain) is tuple and len(plain) <= 8 and all(
+            type(a) in (str, int, float, bool, type(None)) and (type(a) is not str or len(a) <= 4096)
+            for a in plain)):
+        plain = ()
     cls = getattr(builtins, name, None)
     exc: BaseException
     if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == "builtins":
         try:
-            exc = cls(message)
+            exc = cls(*plain) if plain else cls(message)
         except Exception:
             exc = RemoteError(name, message)
     else:

@@ -6,10 +6,11 @@ import collections
 import contextlib
 import threading
 import time
-from typing import Any, AsyncIterator, Callable, Iterator, Mapping
+from typing import Any, AsyncIterator, Callable, ContextManager, Mapping
 
 from ._errors import SandboxError
 from ._sandbox import Sandbox
+from ._tracebacks import trim
 
 __all__ = ["SandboxPool"]
 
@@ -54,8 +55,13 @@ class SandboxPool:
         self._in_use = 0
         self._refill_at = 0.0
         self._error: BaseException | None = None
+        self._debug = bool(sandbox_kwargs.get("debug", False))
         # Fail fast on bad arguments (and warm the fork server) before any thread runs.
-        self._ready.append(self._new())
+        try:
+            self._ready.append(self._new())
+        except BaseException as exc:
+            trim(exc, self._debug)
+            raise
         self._thread = threading.Thread(target=self._fill, name="capbridge-pool", daemon=True)
         self._thread.start()
 
@@ -159,7 +165,11 @@ class SandboxPool:
         :param stdout: where this checkout's output goes (default: the pool's).
         :param stderr: where this checkout's standard error goes (default: the pool's).
         """
-        return self._take(grants, stdout, stderr, in_use=False)
+        try:
+            return self._take(grants, stdout, stderr, in_use=False)
+        except BaseException as exc:
+            trim(exc, self._debug)
+            raise
 
     def _take(self, grants: Mapping[str, Any] | None, stdout: Any, stderr: Any, in_use: bool) -> Sandbox:
         sb = self._pop_live()
@@ -167,20 +177,15 @@ class SandboxPool:
             sb = self._new()
         return self._checkout(sb, grants, stdout, stderr, in_use)
 
-    @contextlib.contextmanager
     def sandbox(self, grants: Mapping[str, Any] | None = None, stdout: Any = None,
-                stderr: Any = None) -> Iterator[Sandbox]:
+                stderr: Any = None) -> ContextManager[Sandbox]:
         """``with pool.sandbox() as sb:`` - a fresh, live sandbox, closed afterwards.
 
         :param grants: grants of this checkout (see :meth:`take`).
         :param stdout: output route of this checkout (see :meth:`take`).
         :param stderr: standard error route of this checkout (see :meth:`take`).
         """
-        sb = self._take(grants, stdout, stderr, in_use=True)
-        try:
-            yield sb
-        finally:
-            self._returned(sb)
+        return _Checkout(self, grants, stdout, stderr)
 
     @contextlib.asynccontextmanager
     async def async_sandbox(self, grants: Mapping[str, Any] | None = None, stdout: Any = None,
@@ -196,11 +201,15 @@ class SandboxPool:
         """
         from ._aio import AsyncSandbox
 
-        asb = await AsyncSandbox._from_pool(self._pop_live, self._new)
         try:
-            await asb.run(self._checkout, asb.sandbox, grants, stdout, stderr)
-        except BaseException:
-            await asb.close()
+            asb = await AsyncSandbox._from_pool(self._pop_live, self._new)
+            try:
+                await asb.run(self._checkout, asb.sandbox, grants, stdout, stderr)
+            except BaseException:
+                await asb.close()
+                raise
+        except BaseException as exc:
+            trim(exc, self._debug)
             raise
         try:
             yield asb
@@ -253,3 +262,27 @@ class SandboxPool:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class _Checkout:
+    """What ``SandboxPool.sandbox()`` returns: the checkout happens on entering."""
+
+    __slots__ = ("_pool", "_args", "_sb")
+
+    def __init__(self, pool: SandboxPool, grants: Mapping[str, Any] | None, stdout: Any, stderr: Any) -> None:
+        self._pool = pool
+        self._args = (grants, stdout, stderr)
+        self._sb: Sandbox | None = None
+
+    def __enter__(self) -> Sandbox:
+        try:
+            self._sb = self._pool._take(*self._args, in_use=True)
+        except BaseException as exc:
+            trim(exc, self._pool._debug)
+            raise
+        return self._sb
+
+    def __exit__(self, *exc: Any) -> None:
+        sb, self._sb = self._sb, None
+        if sb is not None:
+            self._pool._returned(sb)

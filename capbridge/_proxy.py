@@ -17,6 +17,7 @@ from ._errors import ProtocolError
 from ._expose import ALLOWED_DUNDERS
 from ._presentation import HelpHook, class_name, signature_from_text, with_self
 from ._protocol import Op
+from ._tracebacks import trim
 
 __all__ = ["Proxy", "InterfaceDesc", "build_proxy_class", "check_descriptor", "is_proxy"]
 
@@ -128,11 +129,15 @@ class Proxy:
         return self._cb_desc.exposed() + sorted(self._cb_desc.dunders)
 
     def __getattr__(self, name: str) -> Any:
-        desc = type(self)._cb_desc
-        if desc.open and not name.startswith("_"):
-            return self._cb_chan.call(self._cb_id, _GET, name, (), {})
-        exposed = ", ".join(desc.exposed()) or "nothing"
-        raise AttributeError(f"{desc.name} has no exposed attribute {name!r}; exposed: {exposed}")
+        try:
+            desc = type(self)._cb_desc
+            if desc.open and not name.startswith("_"):
+                return self._cb_chan.call(self._cb_id, _GET, name, (), {})
+            exposed = ", ".join(desc.exposed()) or "nothing"
+            raise AttributeError(f"{desc.name} has no exposed attribute {name!r}; exposed: {exposed}")
+        except BaseException as exc:
+            trim(exc, _debug(self))
+            raise
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_cb_"):
@@ -153,6 +158,14 @@ class Proxy:
         return f"<capbridge proxy of {type(self)._cb_desc.name} #{self._cb_id}>"
 
 
+def _debug(proxy: Proxy) -> bool:
+    """Whether the proxy's connection keeps every traceback frame (``debug=True``)."""
+    try:
+        return bool(object.__getattribute__(proxy, "_cb_chan").session.debug)
+    except Exception:
+        return False
+
+
 def is_proxy(obj: Any) -> bool:
     return isinstance(obj, Proxy)
 
@@ -167,7 +180,11 @@ def _new_proxy(cls: type, chan: Any, entry: Any) -> Proxy:
 
 def _method(name: str, doc: str, sig_text: str, trusted: bool) -> Any:
     def method(self: Proxy, *args: Any, **kwargs: Any) -> Any:
-        return self._cb_chan.call(self._cb_id, _CALL, name, args, kwargs)
+        try:
+            return self._cb_chan.call(self._cb_id, _CALL, name, args, kwargs)
+        except BaseException as exc:
+            trim(exc, self._cb_chan.session.debug)
+            raise
 
     method.__name__ = method.__qualname__ = name
     method.__module__ = _PROXY_MODULE
@@ -183,20 +200,43 @@ def _method(name: str, doc: str, sig_text: str, trusted: bool) -> Any:
 
 def _property(name: str, doc: str, settable: bool) -> property:
     def fget(self: Proxy) -> Any:
-        return self._cb_chan.call(self._cb_id, _GET, name, (), {})
+        try:
+            return self._cb_chan.call(self._cb_id, _GET, name, (), {})
+        except BaseException as exc:
+            trim(exc, self._cb_chan.session.debug)
+            raise
 
     fset = None
     if settable:
         def fset(self: Proxy, value: Any) -> None:
-            self._cb_chan.call(self._cb_id, _SET, name, (value,), {})
+            try:
+                self._cb_chan.call(self._cb_id, _SET, name, (value,), {})
+            except BaseException as exc:
+                trim(exc, self._cb_chan.session.debug)
+                raise
 
     return property(fget, fset, None, doc or None)
+
+
+def _plain_args(exc: Any) -> tuple:
+    """An exception's arguments when they are a few plain values (so the other side
+    can rebuild ``KeyError('k')`` or ``OSError(2, 'msg')`` as it was), else ()."""
+    args = getattr(exc, "args", ())
+    if type(args) is tuple and len(args) <= 8 and all(
+            type(a) in (str, int, float, bool, type(None)) and (type(a) is not str or len(a) <= 4096)
+            for a in args):
+        return args
+    return ()
 
 
 def _iterate(chan: Any, first: list, rest: Any) -> Iterator[Any]:
     yield from first
     while rest is not None:
-        batch, more = rest.next_batch(ITER_BATCH)
+        try:
+            batch, more = rest.next_batch(ITER_BATCH)
+        except BaseException as exc:
+            trim(exc, chan.session.debug)
+            raise
         yield from batch
         if not more:
             break
@@ -205,14 +245,22 @@ def _iterate(chan: Any, first: list, rest: Any) -> Iterator[Any]:
 def _dunder(name: str, doc: str) -> Any:
     if name == "__iter__":
         def __iter__(self: Proxy) -> Iterator[Any]:
-            first, rest = self._cb_chan.call(self._cb_id, _ITER, None, (), {})
+            try:
+                first, rest = self._cb_chan.call(self._cb_id, _ITER, None, (), {})
+            except BaseException as exc:
+                trim(exc, self._cb_chan.session.debug)
+                raise
             return _iterate(self._cb_chan, first, rest)
 
         fn = __iter__
     elif name == "__exit__":
         def __exit__(self: Proxy, et: Any, ev: Any, tb: Any) -> Any:
-            info = None if et is None else (et.__name__, str(ev))
-            return self._cb_chan.call(self._cb_id, _CALL, "__exit__", (info,), {})
+            info = None if et is None else (et.__name__, str(ev), _plain_args(ev))
+            try:
+                return self._cb_chan.call(self._cb_id, _CALL, "__exit__", (info,), {})
+            except BaseException as exc:
+                trim(exc, self._cb_chan.session.debug)
+                raise
 
         fn = __exit__
     elif name in ("__repr__", "__str__"):
@@ -225,12 +273,20 @@ def _dunder(name: str, doc: str) -> Any:
 
     elif name == "__call__":
         def __call__(self: Proxy, *args: Any, **kwargs: Any) -> Any:
-            return self._cb_chan.call(self._cb_id, _CALL, None, args, kwargs)
+            try:
+                return self._cb_chan.call(self._cb_id, _CALL, None, args, kwargs)
+            except BaseException as exc:
+                trim(exc, self._cb_chan.session.debug)
+                raise
 
         fn = __call__
     else:
         def fn(self: Proxy, *args: Any) -> Any:
-            return self._cb_chan.call(self._cb_id, _CALL, name, args, {})
+            try:
+                return self._cb_chan.call(self._cb_id, _CALL, name, args, {})
+            except BaseException as exc:
+                trim(exc, self._cb_chan.session.debug)
+                raise
 
     fn.__name__ = fn.__qualname__ = name
     fn.__module__ = _PROXY_MODULE

@@ -31,6 +31,7 @@ from ._output import OutputSink, pump
 from ._protocol import PROTOCOL_VERSION, Op, Tag, check_message
 from ._host_session import HostSession, ShippedCall
 from ._audit import AuditEvent
+from ._tracebacks import trim
 
 __all__ = ["Sandbox", "Limits", "Execution"]
 
@@ -103,11 +104,18 @@ class Sandbox:
         or ``"none"`` (development only; warns loudly).
     :param allow_imports: top-level module names sandbox code may import beyond the
         standard library.
+    :param preload: modules imported once in a clean template process before any
+        untrusted code exists; sandboxes of the same configuration start with them
+        imported.
+    :param env: extra environment variables for the sandboxed process (it starts
+        from an empty environment).
     :param stdout: where the sandbox's standard output goes: a callable taking
         ``str`` chunks, or a text file; by default the host's ``sys.stdout``, each
         line prefixed with the sandbox's pid.
     :param stderr: the same for standard error.
-    :param debug: let host tracebacks of failing capabilities reach the sandbox.
+    :param debug: let host tracebacks of failing capabilities reach the sandbox, and
+        keep capbridge's own frames in tracebacks on both sides (by default they show
+        the user's frames only).
     :param audit: called with an :class:`AuditEvent` after each capability call.
 
     ``interrupt_grace`` (seconds, default 0.5) is how long interrupted code gets to
@@ -131,84 +139,88 @@ class Sandbox:
         audit: Callable[[AuditEvent], Any] | None = None,
         _awaiter: Callable[[Any], Any] | None = None,
     ) -> None:
-        from sandbox_vm._spawn import ensure_server, spawn
-
-        ensure_server()  # the first one of a process starts while the rest is checked
-        from sandbox_vm import SandboxConfig
-        from sandbox_vm._config import sandbox_options
-
-        if confinement not in _CONFINEMENTS:
-            raise ValueError(f"confinement must be one of {', '.join(map(repr, _CONFINEMENTS))}, not {confinement!r}")
-        packages = sandbox_options(allow_imports=allow_imports, preload=preload, env=env)
-        if grants is not None and not isinstance(grants, Mapping):
-            raise TypeError("grants must be a mapping of names to objects")
-        for name in grants or ():
-            _check_grant_name(name)
-        self.limits = limits if limits is not None else Limits()
-        if not isinstance(self.limits, Limits):
-            raise TypeError("limits must be a capbridge.Limits")
-        self.confinement = confinement
-        self.debug = debug
-        self._closed = False
-        self._dead_reason: BaseException | None = None
-        self._killed_by_us = False
-        #: Called with a host thread id when a call of that thread is interrupted
-        #: (None: every thread, the sandbox is ending); AsyncSandbox cancels what
-        #: that thread waits for on its loop.
-        self._on_interrupt: Callable[[int | None], None] | None = None
-        self._stat_fd = -1
-        self._lock = threading.Lock()
-        self._last_usage = (0.0, 0.0)
-        self.missing_layers: tuple[str, ...] = ()
-        self.confinement_report: tuple = ()
-        if confinement == "none":
-            warnings.warn(
-                "capbridge: confinement='none' runs sandbox code WITHOUT any OS confinement; "
-                "it can read files, open sockets and start processes. Use it for development only.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        elif confinement == "strict":
-            _check_strict_available()
-        config = SandboxConfig(
-            confinement=confinement,
-            memory_mb=self.limits.memory_mb,
-            cpu_seconds=self.limits.cpu_seconds,
-            max_message_bytes=self.limits.max_frame,
-            max_decoded_bytes=self.limits.max_decoded,
-            debug=debug,
-            **packages,
-        )
-        self._proc = spawn(config)
-        self.pid = self._proc.pid
-        self._session = HostSession(max_frame=self.limits.max_frame, debug=debug,
-                                    allow_modules=packages["allow_imports"], audit=audit, awaiter=_awaiter,
-                                    max_decoded=self.limits.max_decoded)
-        self._enforcer: Enforcer | None = None
-        self._chan = chan = Channel(self._session, self._proc.rfd, self._proc.wfd,
-                                    on_fatal=self._on_fatal, raise_error=self._remote_error,
-                                    wall=self.limits.wall_seconds, on_deadline=self._on_deadline)
-        self._enforcer = Enforcer(chan, interrupt=self._interrupt, kill=self._kill_for,
-                                  cpu_now=self._cpu_now, grace=lambda: self.interrupt_grace,
-                                  wall=self.limits.wall_seconds)
-        if self.limits.call_cpu_seconds is not None:
-            chan.cpu_budget = self.limits.call_cpu_seconds
-            chan.cpu_clock = self._cpu_now
-            chan.add_special(1)
-        cap = None if self.limits.max_output_kb is None else int(self.limits.max_output_kb * 1024)
-        self._sink = OutputSink(f"sandbox {self.pid}", stdout, stderr, cap, epoch=lambda: chan.calls_out)
-        self._sink.add(self._proc.out_fd, 1)
-        self._sink.add(self._proc.err_fd, 2)
-        pump().register(self._sink)
         try:
-            self._handshake()
-            vts = tuple((vt.name, vt.fields, vt.is_tuple) for vt in registered_value_types())
-            if vts:
-                self._boot("value_types", vts)
-            if grants:
-                self._add_grants(grants)
-        except BaseException:
-            self.kill()
+            from sandbox_vm._spawn import ensure_server, spawn
+
+            ensure_server()  # the first one of a process starts while the rest is checked
+            from sandbox_vm import SandboxConfig
+            from sandbox_vm._config import sandbox_options
+
+            if confinement not in _CONFINEMENTS:
+                raise ValueError(f"confinement must be one of {', '.join(map(repr, _CONFINEMENTS))}, not {confinement!r}")
+            packages = sandbox_options(allow_imports=allow_imports, preload=preload, env=env)
+            if grants is not None and not isinstance(grants, Mapping):
+                raise TypeError("grants must be a mapping of names to objects")
+            for name in grants or ():
+                _check_grant_name(name)
+            self.limits = limits if limits is not None else Limits()
+            if not isinstance(self.limits, Limits):
+                raise TypeError("limits must be a capbridge.Limits")
+            self.confinement = confinement
+            self.debug = debug
+            self._closed = False
+            self._dead_reason: BaseException | None = None
+            self._killed_by_us = False
+            #: Called with a host thread id when a call of that thread is interrupted
+            #: (None: every thread, the sandbox is ending); AsyncSandbox cancels what
+            #: that thread waits for on its loop.
+            self._on_interrupt: Callable[[int | None], None] | None = None
+            self._stat_fd = -1
+            self._lock = threading.Lock()
+            self._last_usage = (0.0, 0.0)
+            self.missing_layers: tuple[str, ...] = ()
+            self.confinement_report: tuple = ()
+            if confinement == "none":
+                warnings.warn(
+                    "capbridge: confinement='none' runs sandbox code WITHOUT any OS confinement; "
+                    "it can read files, open sockets and start processes. Use it for development only.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            elif confinement == "strict":
+                _check_strict_available()
+            config = SandboxConfig(
+                confinement=confinement,
+                memory_mb=self.limits.memory_mb,
+                cpu_seconds=self.limits.cpu_seconds,
+                max_message_bytes=self.limits.max_frame,
+                max_decoded_bytes=self.limits.max_decoded,
+                debug=debug,
+                **packages,
+            )
+            self._proc = spawn(config)
+            self.pid = self._proc.pid
+            self._session = HostSession(max_frame=self.limits.max_frame, debug=debug,
+                                        allow_modules=packages["allow_imports"], audit=audit, awaiter=_awaiter,
+                                        max_decoded=self.limits.max_decoded)
+            self._enforcer: Enforcer | None = None
+            self._chan = chan = Channel(self._session, self._proc.rfd, self._proc.wfd,
+                                        on_fatal=self._on_fatal, raise_error=self._remote_error,
+                                        wall=self.limits.wall_seconds, on_deadline=self._on_deadline)
+            self._enforcer = Enforcer(chan, interrupt=self._interrupt, kill=self._kill_for,
+                                      cpu_now=self._cpu_now, grace=lambda: self.interrupt_grace,
+                                      wall=self.limits.wall_seconds)
+            if self.limits.call_cpu_seconds is not None:
+                chan.cpu_budget = self.limits.call_cpu_seconds
+                chan.cpu_clock = self._cpu_now
+                chan.add_special(1)
+            cap = None if self.limits.max_output_kb is None else int(self.limits.max_output_kb * 1024)
+            self._sink = OutputSink(f"sandbox {self.pid}", stdout, stderr, cap, epoch=lambda: chan.calls_out)
+            self._sink.add(self._proc.out_fd, 1)
+            self._sink.add(self._proc.err_fd, 2)
+            pump().register(self._sink)
+            try:
+                self._handshake()
+                vts = tuple((vt.name, vt.fields, vt.is_tuple) for vt in registered_value_types())
+                if vts:
+                    self._boot("value_types", vts)
+                if grants:
+                    self._add_grants(grants)
+            except BaseException:
+                self.kill()
+                raise
+        except BaseException as exc:
+            trim(exc, debug)
             raise
 
     # ------------------------------------------------------------------ start-up
@@ -274,9 +286,13 @@ class Sandbox:
             if it stops within the grace period (the sandbox lives on) or
             :class:`SandboxTimeout` after killing the sandbox if it does not.
         """
-        if not isinstance(source, str):
-            raise TypeError("source must be a str")
-        self._boot("exec", source, filename, timeout=_check_timeout(timeout))
+        try:
+            if not isinstance(source, str):
+                raise TypeError("source must be a str")
+            self._boot("exec", source, filename, timeout=_check_timeout(timeout))
+        except BaseException as exc:
+            trim(exc, self.debug)
+            raise
 
     def eval(self, expression: str, *, timeout: float | None = None) -> Any:
         """Evaluate ``expression`` in the sandbox; the result comes back by value or as a proxy.
@@ -284,9 +300,13 @@ class Sandbox:
         :param expression: one Python expression.
         :param timeout: seconds this call may take (see :meth:`exec`).
         """
-        if not isinstance(expression, str):
-            raise TypeError("expression must be a str")
-        return self._boot("eval", expression, timeout=_check_timeout(timeout))
+        try:
+            if not isinstance(expression, str):
+                raise TypeError("expression must be a str")
+            return self._boot("eval", expression, timeout=_check_timeout(timeout))
+        except BaseException as exc:
+            trim(exc, self.debug)
+            raise
 
     def execute(self, source: str, *, timeout: float | None = None) -> Execution:
         """Run ``source`` like the interactive prompt and return an :class:`Execution`.
@@ -300,10 +320,14 @@ class Sandbox:
         :param source: Python statements.
         :param timeout: seconds this run may take (see :meth:`exec`).
         """
-        if not isinstance(source, str):
-            raise TypeError("source must be a str")
-        timeout = _check_timeout(timeout)
-        self._check_usable()
+        try:
+            if not isinstance(source, str):
+                raise TypeError("source must be a str")
+            timeout = _check_timeout(timeout)
+            self._check_usable()
+        except BaseException as exc:
+            trim(exc, self.debug)
+            raise
         capture = self._sink.begin_capture()
         cpu0 = self._cpu_now()
         start = time.perf_counter()
@@ -311,7 +335,11 @@ class Sandbox:
         try:
             value = self._chan.call(0, _OP_CALL, "execute", (source,), {}, timeout)
         except CapbridgeError as exc:
+            trim(exc, self.debug)
             error = exc
+        except BaseException as exc:
+            trim(exc, self.debug)
+            raise
         finally:
             duration = time.perf_counter() - start
             self._sink.end_capture()
@@ -327,9 +355,13 @@ class Sandbox:
             taken by ``call`` itself; to pass a keyword argument of that name to
             ``fn``, wrap it (``functools.partial`` or a lambda).
         """
-        if not callable(fn):
-            raise TypeError("Sandbox.call needs a callable")
-        return self._boot("call", ShippedCall(fn, args, kwargs), timeout=_check_timeout(timeout))
+        try:
+            if not callable(fn):
+                raise TypeError("Sandbox.call needs a callable")
+            return self._boot("call", ShippedCall(fn, args, kwargs), timeout=_check_timeout(timeout))
+        except BaseException as exc:
+            trim(exc, self.debug)
+            raise
 
     def load(self, source: str, name: str, *, timeout: float | None = None) -> Any:
         """Create module ``name`` from ``source`` in the sandbox; returns a proxy to it.
@@ -338,9 +370,13 @@ class Sandbox:
         :param name: a dotted module name later code can import.
         :param timeout: seconds running the module's code may take (see :meth:`exec`).
         """
-        if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
-            raise ValueError(f"module name must be a dotted identifier, not {name!r}")
-        return self._boot("load", source, name, timeout=_check_timeout(timeout))
+        try:
+            if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
+                raise ValueError(f"module name must be a dotted identifier, not {name!r}")
+            return self._boot("load", source, name, timeout=_check_timeout(timeout))
+        except BaseException as exc:
+            trim(exc, self.debug)
+            raise
 
     def deadline(self, seconds: float) -> DeadlineBlock:
         """``with sb.deadline(seconds):`` - one deadline for every call this thread makes
@@ -353,7 +389,11 @@ class Sandbox:
 
         :param seconds: the time the whole block may take.
         """
-        return DeadlineBlock(self._chan, _check_timeout(seconds, "seconds"))
+        try:
+            return DeadlineBlock(self._chan, _check_timeout(seconds, "seconds"))
+        except BaseException as exc:
+            trim(exc, self.debug)
+            raise
 
     def grant(self, name: str, obj: Any) -> None:
         """Add a grant to the running sandbox (a global of later code).
@@ -361,8 +401,12 @@ class Sandbox:
         :param name: the global name the sandbox sees.
         :param obj: a capability, a function or a value.
         """
-        _check_grant_name(name)
-        self._add_grants({name: obj})
+        try:
+            _check_grant_name(name)
+            self._add_grants({name: obj})
+        except BaseException as exc:
+            trim(exc, self.debug)
+            raise
 
     def stats(self) -> dict[str, Any]:
         """Counters of this sandbox plus the sizes of its capability tables.
@@ -530,6 +574,11 @@ class Sandbox:
         status = self._proc.wait(5.0)
         if isinstance(cause, ProtocolError):
             err: BaseException = ProtocolError(f"{cause}; the sandbox was killed")
+        elif isinstance(cause, KeyboardInterrupt):
+            err = SandboxError("a KeyboardInterrupt on the host broke into a call to the sandbox "
+                               "while it read the reply; the sandbox was killed")
+            err.__cause__ = None
+            return err
         elif status is not None and self._cpu_exhausted(status):
             err = CPULimitExceeded(
                 f"the sandbox used up its CPU time (Limits.cpu_seconds={self.limits.cpu_seconds}); "

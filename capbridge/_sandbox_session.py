@@ -15,6 +15,7 @@ import os
 import pickle
 import threading
 import types
+import weakref
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
     from typing import Any
@@ -474,24 +475,49 @@ def trim_own_frames(exc: BaseException) -> None:
             if not tb.tb_frame.f_code.co_filename.startswith(_OWN_DIRS):
                 kept.append(tb)
             tb = tb.tb_next
-        if kept:
-            node = None
-            for t in reversed(kept):
-                node = types.TracebackType(node, t.tb_frame, t.tb_lasti, t.tb_lineno)
-            exc.__traceback__ = node
+        node = None
+        for t in reversed(kept):
+            node = types.TracebackType(node, t.tb_frame, t.tb_lasti, t.tb_lineno)
+        exc.__traceback__ = node
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
         seen += 1
 
 
-def frames_as_data(tb: Any) -> tuple:
-    """The traceback as ``((filename, lineno, function, source line), ...)``."""
+#: Source lines of the code the host sent, by code object (weakly: an entry lives as
+#: long as the code it describes). Runs often share a file name (``<sandbox>``); a
+#: frame's own code object finds the lines it was compiled from.
+_CODE_LINES: "weakref.WeakKeyDictionary[types.CodeType, list[str]]" = weakref.WeakKeyDictionary()
+MAX_CODES_PER_RUN = 10_000
+
+
+def remember_code_lines(code: types.CodeType, lines: list[str]) -> None:
+    """Tie ``lines`` to ``code`` and every code object compiled within it."""
+    _CODE_LINES[code] = lines
+    todo = [k for k in code.co_consts if type(k) is types.CodeType]
+    seen = 1
+    while todo and seen < MAX_CODES_PER_RUN:
+        c = todo.pop()
+        seen += 1
+        _CODE_LINES[c] = lines
+        todo.extend(k for k in c.co_consts if type(k) is types.CodeType)
+
+
+def _source_line(code: types.CodeType, lineno: int) -> str:
     import linecache
 
+    lines = _CODE_LINES.get(code)
+    if lines is not None:
+        return lines[lineno - 1] if 0 < lineno <= len(lines) else ""
+    return linecache.getline(code.co_filename, lineno)
+
+
+def frames_as_data(tb: Any) -> tuple:
+    """The traceback as ``((filename, lineno, function, source line), ...)``."""
     frames = []
     while tb is not None:
         code = tb.tb_frame.f_code
         lineno = tb.tb_lineno or 0
-        line = linecache.getline(code.co_filename, lineno).strip()
+        line = _source_line(code, lineno).strip()
         frames.append((str(code.co_filename)[:300], int(lineno), str(code.co_name)[:200], line[:MAX_LINE]))
         tb = tb.tb_next
     return tuple(frames[-MAX_FRAMES:])

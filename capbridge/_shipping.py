@@ -146,9 +146,11 @@ def _refusal(shipped: Any, bad: Any) -> str:
     roots = [(f"argument {i + 1}", a) for i, a in enumerate(shipped.args)]
     roots += [(f"argument {k!r}", v) for k, v in shipped.kwargs.items()]
     path = _find(roots, bad) or _find([("its " + lab[len(_THEN):], v) for lab, v in _parts(fn)], bad)
+    kind = _codec.describe_type(bad)
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
     return (
-        f"cannot ship {name} into the sandbox: {path or 'something it uses'} is a "
-        f"{_codec.describe_type(bad)}, which may not travel with Sandbox.call (only values, "
+        f"cannot ship {name} into the sandbox: {path or 'something it uses'} is {article} "
+        f"{kind}, which may not travel with Sandbox.call (only values, "
         "capabilities, functions, classes and modules can). Expose it, wrap it with facet(), "
         "or pass the data it holds as values."
     )

@@ -65,15 +65,19 @@ class Runtime:
             mod.__dict__.update(grants)
 
     def exec(self, source: str, filename: str) -> None:
-        _remember_source(filename, source)
+        lines = _remember_source(filename, source)
         try:
-            exec(compile(source, filename, "exec"), self.main.__dict__)
+            code = compile(source, filename, "exec")
+            remember_code_lines(code, lines)
+            exec(code, self.main.__dict__)
         finally:
             _flush()
 
     def eval(self, expression: str) -> Any:
         try:
-            return eval(compile(expression, "<sandbox>", "eval"), self.main.__dict__)
+            code = compile(expression, "<sandbox>", "eval")
+            remember_code_lines(code, expression.splitlines(keepends=True))
+            return eval(code, self.main.__dict__)
         finally:
             _flush()
 
@@ -83,15 +87,21 @@ class Runtime:
         import ast
 
         filename = "<sandbox>"
-        _remember_source(filename, source)
+        lines = _remember_source(filename, source)
         try:
             tree = compile(source, filename, "exec", ast.PyCF_ONLY_AST)
             last = None
             if tree.body and isinstance(tree.body[-1], ast.Expr):
                 last = ast.Expression(tree.body.pop().value)
             namespace = self.main.__dict__
-            exec(compile(tree, filename, "exec"), namespace)
-            return None if last is None else eval(compile(last, filename, "eval"), namespace)
+            code = compile(tree, filename, "exec")
+            remember_code_lines(code, lines)
+            exec(code, namespace)
+            if last is None:
+                return None
+            code = compile(last, filename, "eval")
+            remember_code_lines(code, lines)
+            return eval(code, namespace)
         finally:
             _flush()
 
@@ -106,10 +116,12 @@ class Runtime:
         mod = types.ModuleType(name)
         mod.__dict__.update(self.grants)
         mod.__file__ = f"<{name}>"
-        _remember_source(mod.__file__, source)
+        lines = _remember_source(mod.__file__, source)
         sys.modules[name] = mod
         try:
-            exec(compile(source, f"<{name}>", "exec"), mod.__dict__)
+            code = compile(source, f"<{name}>", "exec")
+            remember_code_lines(code, lines)
+            exec(code, mod.__dict__)
         except BaseException:
             sys.modules.pop(name, None)
             raise
@@ -136,12 +148,27 @@ class Runtime:
         return os.getpid()
 
 
-def _remember_source(filename: str, source: str) -> None:
+_remember: Any = None
+
+
+def remember_code_lines(code: types.CodeType, lines: list[str]) -> None:
+    """Tie ``lines`` to ``code`` and the code compiled within it, so its frames show
+    their own lines even after a later run reuses the file name."""
+    global _remember
+    if _remember is None:
+        from capbridge._sandbox_session import remember_code_lines as remember
+
+        _remember = remember
+    _remember(code, lines)
+
+
+def _remember_source(filename: str, source: str) -> list[str]:
     """Let tracebacks show the lines of code the host sent (it has no file)."""
     import linecache
 
     lines = source.splitlines(keepends=True)
     linecache.cache[filename] = (len(source), None, lines, filename)
+    return lines
 
 
 class _Help:

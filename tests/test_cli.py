@@ -139,6 +139,60 @@ def test_ctrl_c_interrupts_the_script(tmp_path):
     assert last_line(err) == "KeyboardInterrupt" and f'File "{src}", line ' in err
 
 
+def _children(pid: int) -> list[str]:
+    try:
+        return pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+
+
+def test_ctrl_c_while_the_sandbox_starts_exits_130_without_a_traceback(tmp_path):
+    """Once the command has started its first process, a Ctrl-C at any point of the
+    start-up ends it with 130 and one line, never a traceback of capbridge's code."""
+    import time
+
+    src = script(tmp_path, "print('started', flush=True)\nwhile True:\n    pass\n")
+    argv = [sys.executable, "-m", "capbridge", "run", f"--confinement={CONFINEMENT}", src]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 60
+        while not _children(proc.pid) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "capbridge/" not in err and "sandbox_vm" not in err, err
+    if "started" not in out:
+        assert err.strip() == "capbridge: interrupted; the sandbox was killed"
+
+
+def test_a_second_ctrl_c_gives_up_on_a_script_that_ignores_the_first(tmp_path):
+    src = script(tmp_path, "while True:\n"
+                           "    try:\n"
+                           "        print('started', flush=True)\n"
+                           "        while True:\n"
+                           "            pass\n"
+                           "    except KeyboardInterrupt:\n"
+                           "        print('ignored', flush=True)\n")
+    argv = [sys.executable, "-m", "capbridge", "run", f"--confinement={CONFINEMENT}", src]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout.readline() == "started\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdout.readline() == "ignored\n"
+        assert proc.stdout.readline() == "started\n"  # caught, and back in the loop
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip() == "capbridge: interrupted; the sandbox was killed"
+
+
 def test_a_tampered_runner_is_not_trusted():
     proc = cli("run", "-", stdin=(
         "import capbridge._cli as c\n"

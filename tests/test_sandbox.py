@@ -687,3 +687,35 @@ def test_sandbox_classes_keep_their_own_names(sb):
     alpha = sb.eval("type('Alpha', (), {})")
     beta = sb.eval("type('Beta', (), {})")
     assert "Alpha" in repr(alpha) and "Beta" in repr(beta)
+
+
+def test_host_context_manager_exit_gets_the_builtin_exception(sandbox_factory):
+    """A host ``__exit__`` sees what the sandbox's ``with`` block raised: a built-in type
+    as itself with its arguments, anything else as RemoteError; its answer suppresses."""
+
+    class Guard:
+        def __init__(self):
+            self.seen = []
+
+        @expose
+        def __enter__(self):
+            return self
+
+        @expose
+        def __exit__(self, et, ev, tb):
+            self.seen.append((et, ev, tb))
+            return isinstance(ev, KeyError)
+
+    guard = Guard()
+    sb = sandbox_factory({"guard": guard, "narrow": facet(guard, "__enter__", "__exit__")})
+    sb.exec("with guard:\n    raise KeyError('k')\n")  # suppressed by the host's answer
+    sb.exec("try:\n    with guard:\n        raise FileNotFoundError(2, 'gone')\n"
+            "except FileNotFoundError as e:\n    assert e.errno == 2\n")
+    sb.exec("class Mine(Exception):\n    pass\n"
+            "try:\n    with narrow:\n        raise Mine('m')\nexcept Mine:\n    pass\n")
+    sb.exec("with narrow:\n    pass\n")
+    (et1, ev1, tb1), (et2, ev2, _), (et3, ev3, _), (et4, ev4, _) = guard.seen
+    assert et1 is KeyError and ev1.args == ("k",) and tb1 is None
+    assert et2 is FileNotFoundError and (ev2.errno, ev2.strerror) == (2, "gone")
+    assert et3 is RemoteError and ev3.type_name == "Mine" and ev3.message == "m"
+    assert (et4, ev4) == (None, None)

@@ -187,6 +187,76 @@ def test_ctrl_c_interrupts_the_statement_and_keeps_the_shell(shell):
     shell.prompt()
 
 
+def test_ctrl_c_stops_a_busy_loop_and_the_shell_keeps_its_state(shell):
+    shell.send("n = 7\n")
+    shell.prompt()
+    # One line: the loop starts right after the output the test waits for.
+    shell.send("print('spin' + 'ning', flush=True); exec('while True: pass')\n")
+    shell.expect("\nspinning")  # the output, not the echo of the line typed
+    shell.send(CTRL_C)
+    out = shell.prompt()
+    assert "KeyboardInterrupt" in out
+    assert "capbridge/" not in out and "sandbox_vm" not in out  # the user's frames only
+    shell.send("print('alive', n)\n")
+    shell.expect("alive 7")
+    shell.prompt()
+    shell.send("print('ag' + 'ain', flush=True); exec('while True: pass')\n")  # not a one-off
+    shell.expect("\nagain")
+    shell.send(CTRL_C)
+    assert "KeyboardInterrupt" in shell.prompt()
+    shell.send("print('still', n)\n")
+    shell.expect("still 7")
+    shell.prompt()
+
+
+def test_ctrl_c_at_the_prompt_clears_the_line(shell):
+    shell.send("print('never')")
+    shell.expect_line(">>> print('never')")
+    shell.send(CTRL_C)
+    shell.expect("KeyboardInterrupt")
+    shell.prompt()
+    shell.send("print('fresh')\n")
+    out = shell.prompt()
+    assert "fresh" in out and "never" not in out
+    shell.send("def g():\n")  # in the middle of a block too
+    shell.expect(r"\.\.\. ")
+    shell.send(CTRL_C)
+    shell.prompt()
+    shell.send("print(6 * 7)\n")
+    assert "42" in shell.prompt()
+
+
+def test_help_of_a_proxy_reads_as_help_of_the_host_object(tmp_path):
+    """Each exposed member's entry in help() is the one pydoc writes for the host's
+    class itself; what only the host has (``__init__``, ``__dict__``) is not there."""
+    import pydoc
+    import sys
+
+    (tmp_path / "shop.py").write_text(APP)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import shop
+    finally:
+        sys.path.remove(str(tmp_path))
+    host_text = pydoc.render_doc(shop.make(), renderer=pydoc.plaintext)
+    out = []
+    sb = make_sandbox({"inventory": shop.make()}, stdout=out.append)
+    try:
+        sb.exec("import pydoc\nprint(pydoc.render_doc(inventory, renderer=pydoc.plaintext))")
+    finally:
+        sb.close()
+        sys.modules.pop("shop", None)
+    text = "".join(out)
+    print(text)
+    for entry in ("add(self, name: str, qty: int = 1, *, note: str | None = None) -> None\n"
+                  "    Add ``qty`` of ``name``.",
+                  "count(self, name: str, /) -> int\n    How many ``name`` there are.",
+                  "Counts things in the shop."):
+        assert entry in pydoc.plain(host_text).replace(" |  ", ""), entry
+        assert entry in pydoc.plain(text).replace(" |  ", ""), entry
+    assert "__init__" not in text and "__dict__" not in text and "capbridge" not in text
+
+
 # ---------------------------------------------------------------------- the two halves
 
 

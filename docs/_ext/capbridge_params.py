@@ -38,7 +38,8 @@ PARAMETERS: dict[str, dict[str, str]] = {
                   "prefixed ``[sandbox PID]``.",
         "stderr": "the same for standard error (default prefix ``[sandbox PID stderr]``).",
         "debug": "when true, exceptions from host capabilities carry the host traceback into "
-                 "the sandbox. Leave it off in production: tracebacks show host paths and code.",
+                 "the sandbox, and tracebacks keep capbridge's own frames. Leave it off in "
+                 "production: tracebacks show host paths and code.",
         "audit": "a callable given one :class:`AuditEvent` per call the sandbox makes "
                  "through a capability.",
     },
