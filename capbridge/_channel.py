@@ -552,8 +552,8 @@ class Channel:
         try:
             for msg in msgs:
                 self._route(msg, None)
-        except BaseException:
-            pass  # the channel is failed; the calls on it see that
+        except Exception:
+            pass  # a protocol error: the channel is failed, and the calls on it see that
         if self._nwaiting:
             with self._cond:
                 self._cond.notify_all()

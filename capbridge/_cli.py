@@ -273,13 +273,32 @@ def _open_sandbox(opts: argparse.Namespace, fs: Any, grants: dict[str, Any] | No
     return sb
 
 
-class _ForwardInterrupt:
+class _OnSigint:
+    """Base of the context managers that take SIGINT for a while (main thread only)."""
+
+    old: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:  # pragma: no cover - overridden
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> Any:
+        try:
+            self.old = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread
+            self.old = None
+        return self
+
+    def _restore(self) -> None:
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+
+
+class _ForwardInterrupt(_OnSigint):
     """While a call runs: the first Ctrl-C interrupts the sandbox code, the second gives up."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.sent = False
-        self.old: Any = None
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.sent:
@@ -294,45 +313,28 @@ class _ForwardInterrupt:
 
     gave_up = False
 
-    def __enter__(self) -> _ForwardInterrupt:
-        try:
-            self.old = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread
-            self.old = None
-        return self
-
     def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
-        if self.old is not None:
-            signal.signal(signal.SIGINT, self.old)
+        self._restore()
         if self.gave_up and et is not None and not issubclass(et, KeyboardInterrupt):
             # The interrupt broke into the wait for the sandbox, which took it down:
             # what the person did was interrupt, and that is what ends the command.
             raise KeyboardInterrupt from None
 
 
-class _HoldInterrupt:
+class _HoldInterrupt(_OnSigint):
     """While the sandbox starts: a Ctrl-C is held until the start is done, then ends
     the command (a second one ends it at once)."""
 
     def __init__(self) -> None:
         self.pressed = 0
-        self.old: Any = None
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.pressed += 1
         if self.pressed > 1:
             raise KeyboardInterrupt
 
-    def __enter__(self) -> _HoldInterrupt:
-        try:
-            self.old = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread
-            self.old = None
-        return self
-
     def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
-        if self.old is not None:
-            signal.signal(signal.SIGINT, self.old)
+        self._restore()
         if self.pressed and not (et is not None and issubclass(et, KeyboardInterrupt)):
             raise KeyboardInterrupt from None
 

@@ -467,20 +467,9 @@ MAX_LINE = 1000
 def trim_own_frames(exc: BaseException) -> None:
     """Drop capbridge's and the runtime's own frames from a sandbox traceback, so it
     shows the user's code only (``debug=True`` keeps them)."""
-    seen = 0
-    while exc is not None and seen < 16:
-        tb = exc.__traceback__
-        kept = []
-        while tb is not None:
-            if not tb.tb_frame.f_code.co_filename.startswith(_OWN_DIRS):
-                kept.append(tb)
-            tb = tb.tb_next
-        node = None
-        for t in reversed(kept):
-            node = types.TracebackType(node, t.tb_frame, t.tb_lasti, t.tb_lineno)
-        exc.__traceback__ = node
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-        seen += 1
+    from ._tracebacks import strip_frames
+
+    strip_frames(exc, _OWN_DIRS)
 
 
 #: Source lines of the code the host sent, by code object (weakly: an entry lives as

@@ -19,7 +19,7 @@ import os
 import sys
 import types
 
-__all__ = ["trim", "machinery_prefixes"]
+__all__ = ["trim", "strip_frames", "machinery_prefixes"]
 
 _PREFIXES: tuple[str, ...] | None = None
 #: How many chained exceptions (causes, contexts) are trimmed along with the first.
@@ -62,25 +62,30 @@ def _trimmed(tb: types.TracebackType | None, prefixes: tuple[str, ...]) -> types
     return node
 
 
+def strip_frames(exc: BaseException, prefixes: tuple[str, ...]) -> None:
+    """Drop the frames whose file name starts with one of ``prefixes`` from ``exc``'s
+    traceback and from those of the exceptions it chains to (at most ``MAX_CHAIN``)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < MAX_CHAIN:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        tb = e.__traceback__
+        if tb is not None:
+            e.__traceback__ = _trimmed(tb, prefixes)
+        for link in (e.__cause__, e.__context__):
+            if link is not None:
+                todo.append(link)
+
+
 def trim(exc: BaseException, debug: bool = False) -> None:
     """Drop capbridge's frames from ``exc``'s traceback and from those of the
     exceptions it chains to; nothing when ``debug`` is true. Never raises."""
     if debug:
         return
     try:
-        prefixes = machinery_prefixes()
-        seen: set[int] = set()
-        todo: list[BaseException] = [exc]
-        while todo and len(seen) < MAX_CHAIN:
-            e = todo.pop()
-            if id(e) in seen:
-                continue
-            seen.add(id(e))
-            tb = e.__traceback__
-            if tb is not None:
-                e.__traceback__ = _trimmed(tb, prefixes)
-            for link in (e.__cause__, e.__context__):
-                if link is not None:
-                    todo.append(link)
+        strip_frames(exc, machinery_prefixes())
     except Exception:  # pragma: no cover - trimming must never hide the real error
         pass

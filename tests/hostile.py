@@ -758,14 +758,9 @@ assert len(CASES_BY_NAME) == len(CASES), "duplicate case names"
 
 # --------------------------------------------------------------------------- the attacker
 
-#: Loaded into the sandbox with ``Sandbox.load(ATTACK_SRC, "hostile_attack")``: it finds
-#: its own channel the way untrusted code can (walking the interpreter's frames) and
-#: writes raw bytes to the host behind the runtime's back.
-ATTACK_SRC = r'''
-import os, sys, struct
-
-_pending = []
-
+#: Sandbox source defining ``_channel()``: the sandbox's own Channel, found by walking
+#: the interpreter's frames (``sys`` must be imported by the source it is put in).
+FIND_CHANNEL_SRC = r'''
 def _channel():
     f = sys._getframe()
     while f is not None:
@@ -774,7 +769,16 @@ def _channel():
             return me
         f = f.f_back
     raise RuntimeError("channel not found")
+'''
 
+#: Loaded into the sandbox with ``Sandbox.load(ATTACK_SRC, "hostile_attack")``: it finds
+#: its own channel the way untrusted code can (walking the interpreter's frames) and
+#: writes raw bytes to the host behind the runtime's back.
+ATTACK_SRC = r'''
+import os, sys, struct
+
+_pending = []
+''' + FIND_CHANNEL_SRC + r'''
 def stash(data, cap_name=None, raw=False, pad=0):
     """Keep the attack bytes; returns how many will be written."""
     if cap_name is not None:

@@ -8,6 +8,7 @@ import capbridge
 from capbridge import CallTimeout, RemoteError, expose
 
 from conftest import make_sandbox
+from hostile import FIND_CHANNEL_SRC
 
 
 class Counter:
@@ -89,15 +90,7 @@ def test_bad_arguments():
 
 STALL_SRC = r"""
 import os, struct, sys, time
-
-def _channel():
-    f = sys._getframe()
-    while f is not None:
-        me = f.f_locals.get("self")
-        if type(me).__name__ == "Channel":
-            return me
-        f = f.f_back
-
+""" + FIND_CHANNEL_SRC + r"""
 def stall():
     # Half a frame: the length says 100 bytes, 10 follow, and then nothing.
     os.write(_channel().wfd, struct.pack(">I", 100) + b"x" * 10)

@@ -26,19 +26,11 @@ from capbridge import (
     SandboxTimeout,
     expose,
 )
+from hostile import FIND_CHANNEL_SRC
 
 HOSTILE = r'''
 import os, sys, struct, time
-
-def _channel():
-    f = sys._getframe()
-    while f is not None:
-        me = f.f_locals.get("self")
-        if type(me).__name__ == "Channel":
-            return me
-        f = f.f_back
-    raise RuntimeError("channel not found")
-
+''' + FIND_CHANNEL_SRC + r'''
 def _write(data, piece=None, pause=0.0):
     ch = _channel()
     with ch._send_lock:
