@@ -139,6 +139,7 @@ _WARM = (
     "struct", "base64", "hashlib", "copy", "string", "textwrap", "enum", "operator",
     "heapq", "bisect", "statistics", "contextlib", "abc", "numbers", "types",
     "inspect", "weakref", "array", "binascii", "zlib", "pprint",
+    "capbridge._errors_data",  # what the runtime raises remote errors with
     "cloudpickle",  # what Sandbox.call's pickles name
 )
 
