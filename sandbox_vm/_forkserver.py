@@ -26,6 +26,14 @@ Where the kernel allows it, each child is pid 1 of its own PID namespace: the se
 after it, so the child stays the server's direct child (reaped and ``pidfd_open``-ed
 there) and no middle process is needed.
 
+While idle the server forks one *standby* child ahead of the next request: a fork
+that has run everything a child does before it needs its config (the fork itself,
+the new session, closing the server's descriptors) and waits on a socket pair of its
+own. A spawn request whose Landlock ruleset was prepared before the standby forked
+(or that has none prepared) is handed to it (the packet and its descriptors, unchanged) and the standby goes on
+exactly as a child forked for the request would; any other request is forked as
+before. The standby holds no host data until that packet arrives.
+
 A config with ``preload`` is served by a template (:mod:`sandbox_vm._templates`): a
 child of the server, running this same server code, that imported those modules and
 forks the sandboxes; the server forwards it the spawn request and relays its R, F and
@@ -149,6 +157,9 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 MAX_REASON = 3500  # bytes of a FAILED reason (the host reads 4 KiB packets)
+# Seconds the server waits after a spawn before forking the next standby: the
+# sandbox just started gets the CPU first (it was woken on this one).
+STANDBY_DELAY = 0.001
 
 
 def prepared_key(config) -> tuple:
@@ -196,11 +207,15 @@ class _Server:
         self.by_pidfd: dict[int, int] = {}
         self.prepared: dict[tuple, tuple[int, ...]] = {}
         self.pid = os.getpid()
+        self.standby: _Standby | None = None
+        self.unclaimed: set[int] = set()  # standby pids never handed a request
+        self.standby_due = 0.0
         # Preload templates (None inside a template, which forks sandboxes itself). The
         # server is a subreaper, so a dead template's sandboxes become its children.
         from ._templates import Templates
 
         self.templates: Templates | None = Templates(self)
+        self.use_standby = True  # off in templates (they have no Templates) or if forking fails
         self.libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self.own_pidns = -1
         if "nopidns" not in opts:
@@ -281,6 +296,7 @@ class _Server:
     def spawn(self, req_id: int, packet: bytes, fds: list[int]) -> None:
         """Start a sandbox for the spawn ``packet`` (``fds`` stay the caller's to close)."""
         import pickle
+        import time
 
         try:
             config = pickle.loads(packet[9:])
@@ -288,13 +304,19 @@ class _Server:
                 self.templates.submit(config, req_id, packet, fds)
                 return
             keep = self.prepare(config)
-            pid = self.fork(config, fds, keep)
-            pidfd = os.pidfd_open(pid)
+            standby = self.claim_standby(prepared_key(config))
+            if standby is None:
+                pid = self.fork(config, fds, keep)
+                pidfd = os.pidfd_open(pid)
+                self.adopt(pid, pidfd)
         except Exception as exc:
             self.fail(req_id, f"{type(exc).__name__}: {exc}")
             return
-        self.adopt(pid, pidfd)
-        self.send(READY + _READY.pack(req_id, pid), (pidfd,))
+        self.standby_due = time.monotonic() + STANDBY_DELAY
+        if standby is None:
+            self.send(READY + _READY.pack(req_id, pid), (pidfd,))
+        else:
+            self.hand_to_standby(standby, req_id, packet, fds)
 
     def adopt(self, pid: int, pidfd: int) -> None:
         """Reap ``pid`` when it ends (our child, or a template's orphan we inherited)."""
@@ -360,7 +382,99 @@ class _Server:
         if self.own_pidns >= 0 and hasattr(lockdown, "compile_seccomp"):
             lockdown.compile_seccomp(1)
 
+    # -- the standby child -----------------------------------------------------------
+
+    def start_standby(self) -> None:
+        """Fork the standby child (see the module docstring); idle time only."""
+        s = self._socket
+        ours, theirs = s.socketpair(s.AF_UNIX, s.SOCK_SEQPACKET)
+        ours_fd, theirs_fd = ours.detach(), theirs.detach()  # >= 10: 3..9 are held
+        keys = frozenset(self.prepared)
+        try:
+            pid = self._fork()
+        except OSError:
+            os.close(ours_fd)
+            os.close(theirs_fd)
+            self.use_standby = False  # forking fails: requests will say why
+            return
+        if pid == 0:
+            os.close(ours_fd)
+            self.wait_as_standby(theirs_fd)  # never returns
+        os.close(theirs_fd)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # pragma: no cover - our own fresh child
+            os.close(ours_fd)
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            self.use_standby = False
+            return
+        self.adopt(pid, pidfd)
+        self.unclaimed.add(pid)
+        self.standby = _Standby(pid, pidfd, ours_fd, keys, self.pid)
+
+    def claim_standby(self, key: tuple) -> _Standby | None:
+        """The standby, taken, if it can serve a config with prepared ``key``: it
+        inherited that key's descriptors, or the key has none."""
+        sb = self.standby
+        if sb is None or sb.owner != self.pid or (key not in sb.keys and self.prepared.get(key)):
+            return None
+        self.standby = None
+        self.unclaimed.discard(sb.pid)
+        return sb
+
+    def hand_to_standby(self, sb: _Standby, req_id: int, packet: bytes, fds: list[int]) -> None:
+        """Answer READY with the standby's pid, then pass it the spawn packet.
+
+        READY goes first: the standby runs as soon as the packet arrives and would
+        otherwise compete with this process for the CPU before the host hears of
+        it. If the standby died meanwhile the host sees it end, as any sandbox that
+        dies while starting.
+        """
+        s = self._socket
+        sock = s.socket(fileno=sb.sock)
+        try:
+            self.send(READY + _READY.pack(req_id, sb.pid), (sb.pidfd,))
+            try:
+                sock.sendmsg([packet], [(s.SOL_SOCKET, s.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
+            except OSError:
+                _kill_pidfd(sb.pidfd)
+        finally:
+            sock.close()
+
+    def wait_as_standby(self, sock_fd: int) -> None:
+        """In the standby child: be born, wait for one spawn packet, become that child."""
+        import pickle
+
+        code = 70
+        try:
+            self.born()
+            held = {sock_fd, self.devnull, *(fd for fds in self.prepared.values() for fd in fds)}
+            _close_all_but(10, tuple(held))
+            s = self._socket
+            sock = s.socket(fileno=sock_fd)
+            msg, anc, flags, _ = sock.recvmsg(MAX_PACKET, s.CMSG_SPACE(4 * SPAWN_FDS))
+            sock.close()
+            fds = [fd for level, kind, data in anc if level == s.SOL_SOCKET and kind == s.SCM_RIGHTS
+                   for fd in struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4])]
+            if msg[:1] != SPAWN or len(fds) != SPAWN_FDS or flags & (s.MSG_CTRUNC | s.MSG_TRUNC):
+                os._exit(0)  # the server went away (or the impossible happened)
+            config = pickle.loads(msg[9:])
+            self.run_child(config, fds, self.prepared.get(prepared_key(config), ()))
+        except BaseException:
+            pass
+        os._exit(code)
+
+    # -- forking a child --------------------------------------------------------------
+
     def fork(self, config, fds: list[int], keep: tuple[int, ...]) -> int:
+        pid = self._fork()
+        if pid == 0:
+            self.become_child(config, fds, keep)  # never returns
+        return pid
+
+    def _fork(self) -> int:
+        """``os.fork``, the child in a new PID namespace when the server has them."""
         if self.own_pidns >= 0 and self.libc.unshare(_CLONE_NEWPID) != 0:
             err = self.ctypes.get_errno()
             raise OSError(err, f"unshare(CLONE_NEWPID): {os.strerror(err)}")
@@ -370,43 +484,50 @@ class _Server:
             if self.own_pidns >= 0 and os.getpid() == self.pid:
                 if self.libc.setns(self.own_pidns, _CLONE_NEWPID) != 0:  # pragma: no cover
                     os._exit(3)
-        if pid == 0:
-            self.become_child(config, fds, keep)  # never returns
         return pid
 
     def become_child(self, config, fds: list[int], keep: tuple[int, ...]) -> None:
-        import signal
-
         code = 70
         try:
-            in_pidns = self.own_pidns >= 0
-            os.setsid()
-            self.libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            if not in_pidns and os.getppid() != self.pid:
-                os._exit(code)  # the server died while we were being born
-            self.libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)  # lockdown decides
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            chan_r, chan_w, out_w, err_w = fds
-            os.dup2(self.devnull, 0)
-            os.dup2(out_w, 1)
-            os.dup2(err_w, 2)
-            os.dup2(chan_r, 3)
-            os.dup2(chan_w, 4)
-            self.ctl.detach()  # the fd is closed below, never by a finalizer
-            if self.templates is not None:
-                self.templates.forget()
-            self.children.clear()
-            self.by_pidfd.clear()
-            _close_all_but(5, keep)
-            os.environ.update(config.environment())
-            module, _, func = self.entry.partition(":")
-            __import__(module)
-            entry = getattr(sys.modules[module], func)
-            entry(3, 4, config)
-            code = 0
+            self.born()
+            self.run_child(config, fds, keep)
         except BaseException:
             pass
         os._exit(code)
+
+    def born(self) -> None:
+        """In a fresh fork: a session of its own, dying with the server, no server state."""
+        import signal
+
+        os.setsid()
+        self.libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if self.own_pidns < 0 and os.getppid() != self.pid:
+            os._exit(70)  # the server died while we were being born
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.ctl.detach()  # the fd is closed with the others, never by a finalizer
+        if self.templates is not None:
+            self.templates.forget()
+        self.children.clear()
+        self.by_pidfd.clear()
+        self.standby = None
+        self.unclaimed.clear()
+
+    def run_child(self, config, fds: list[int], keep: tuple[int, ...]) -> None:
+        """Set up descriptors and environment for ``config`` and run the entry."""
+        self.libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)  # lockdown decides
+        chan_r, chan_w, out_w, err_w = fds
+        os.dup2(self.devnull, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.dup2(chan_r, 3)
+        os.dup2(chan_w, 4)
+        _close_all_but(5, keep)
+        os.environ.update(config.environment())
+        module, _, func = self.entry.partition(":")
+        __import__(module)
+        entry = getattr(sys.modules[module], func)
+        entry(3, 4, config)
+        os._exit(0)
 
     def reap(self, pidfd: int) -> None:
         pid = self.by_pidfd.pop(pidfd, None)
@@ -425,6 +546,13 @@ class _Server:
         self.poller.unregister(pidfd)
         os.close(pidfd)
         del self.children[pid]
+        sb = self.standby
+        if sb is not None and sb.pid == pid and sb.owner == self.pid:
+            self.standby = None
+            os.close(sb.sock)
+        if pid in self.unclaimed:  # a standby that never served: the host never knew it
+            self.unclaimed.discard(pid)
+            return
         if self.templates is not None and self.templates.ended(pid, status):
             return
         self.send(EXIT + _EXIT.pack(pid, status, cpu_us))
@@ -445,13 +573,18 @@ class _Server:
 
     def run(self, warm_up: bool = True) -> None:
         import gc
+        import time
 
         warm: list = []
         if warm_up:
             warm = [self.prepare_default, *(lambda name=name: _import_optional(name) for name in _WARM)]
         while True:
+            idle_work = warm or (self.use_standby and self.standby is None and self.templates is not None)
+            timeout = None
+            if idle_work:
+                timeout = 0 if warm else max(0, int((self.standby_due - time.monotonic()) * 1000 + 0.999))
             try:
-                events = self.poller.poll(0 if warm else None)
+                events = self.poller.poll(timeout)
             except InterruptedError:  # pragma: no cover
                 continue
             if not events and warm:
@@ -459,6 +592,9 @@ class _Server:
                 if not warm:
                     gc.collect()
                     gc.freeze()
+                continue
+            if not events and idle_work:
+                self.start_standby()
                 continue
             for fd, _ in events:
                 if fd == self.ctl.fileno():
@@ -481,6 +617,25 @@ class _Server:
                     except OSError:
                         self.kill_all()
                         return
+
+
+class _Standby:
+    """The server's standby child: its pid and pidfd, our end of its socket pair, the
+    prepared keys it inherited, and the server process that forked it."""
+
+    __slots__ = ("pid", "pidfd", "sock", "keys", "owner")
+
+    def __init__(self, pid: int, pidfd: int, sock: int, keys: frozenset, owner: int) -> None:
+        self.pid, self.pidfd, self.sock, self.keys, self.owner = pid, pidfd, sock, keys, owner
+
+
+def _kill_pidfd(pidfd: int) -> None:
+    import signal
+
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def _close_all_but(low: int, keep: tuple[int, ...]) -> None:

@@ -323,6 +323,8 @@ def become_template(srv: _Server, config: Any, sock: Any, out_w: int, keep: tupl
         srv.pid = os.getpid()
         srv.children.clear()
         srv.by_pidfd.clear()
+        srv.standby = None  # the server's, whose socket was closed above
+        srv.unclaimed.clear()
         srv.templates = None
         srv.prepared = {wire.prepared_key(config): keep}
         srv.poller = select.poll()

@@ -1,0 +1,157 @@
+"""The fork server's standby child: forked while idle, handed the next spawn request."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from capbridge import Sandbox
+from sandbox_vm import SandboxConfig
+from sandbox_vm import _spawn
+from sandbox_vm._spawn import ForkServer
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+NONE = SandboxConfig(confinement="none")
+
+
+@pytest.fixture
+def server():
+    """A private server whose children run ``_forkserver_children.obey``."""
+    fs = ForkServer(paths=(TESTS_DIR,), entry="_forkserver_children:obey")
+    assert fs.ready(30)
+    yield fs
+    fs.close()
+
+
+def children_of(pid: int) -> set[int]:
+    out = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.add(int(name))
+    return out
+
+
+def standby_of(server_pid: int, busy: set[int] = frozenset(), timeout: float = 10.0) -> int:
+    """The one child of the server that is not among ``busy``, once it is there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        idle = children_of(server_pid) - set(busy)
+        if len(idle) == 1:
+            return idle.pop()
+        assert time.monotonic() < deadline, f"no single standby child: {idle}"
+        time.sleep(0.01)
+
+
+def started(fs: ForkServer, config: SandboxConfig = NONE) -> _spawn.SandboxProcess:
+    proc = fs.spawn(config)
+    assert os.read(proc.rfd, 2) == b"up"
+    return proc
+
+
+def end(proc: _spawn.SandboxProcess) -> None:
+    proc.kill()
+    proc.close_fds()
+    assert proc.wait(10) is not None
+
+
+def test_the_next_request_is_served_by_the_standby(server):
+    standby = standby_of(server.server_pid)
+    proc = started(server)
+    assert proc.pid == standby
+    assert sorted(int(fd) for fd in os.listdir(f"/proc/{proc.pid}/fd")) == [0, 1, 2, 3, 4]
+    # Another standby follows, and serves the request after.
+    second = standby_of(server.server_pid, busy={proc.pid})
+    assert second != proc.pid
+    other = started(server)
+    assert other.pid == second
+    end(proc)
+    end(other)
+
+
+def test_the_standby_waits_without_pipes_or_pidfds(server):
+    procs = [started(server) for _ in range(3)]  # siblings whose pipes and pidfds the server holds
+    standby = standby_of(server.server_pid, busy={p.pid for p in procs})
+    deadline = time.monotonic() + 10
+    while True:  # it closes what it inherited right after the fork
+        links = [os.readlink(f"/proc/{standby}/fd/{fd}") for fd in os.listdir(f"/proc/{standby}/fd")]
+        held = [link for link in links if link.startswith("pipe:") or "pidfd" in link]
+        if not held:
+            break
+        assert time.monotonic() < deadline, held
+        time.sleep(0.01)
+    assert links.count("/dev/null") >= 8 and len(links) <= 14, links
+    for p in procs:
+        end(p)
+
+
+def test_a_config_prepared_after_the_standby_forked_gets_a_fresh_fork(server):
+    standby = standby_of(server.server_pid)
+    # A Landlock ruleset for cloudpickle is prepared (and its fd inherited) only now.
+    other = SandboxConfig(confinement="strict", allow_imports=("cloudpickle",))
+    proc = started(server, other)
+    assert proc.pid != standby
+    assert standby in children_of(server.server_pid)  # still waiting for its request
+    assert started(server).pid == standby
+    end(proc)
+
+
+def test_a_killed_standby_is_replaced_and_never_reported(server):
+    standby = standby_of(server.server_pid)
+    os.kill(standby, 9)
+    deadline = time.monotonic() + 10
+    while standby in children_of(server.server_pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    replacement = standby_of(server.server_pid)
+    assert replacement != standby
+    proc = started(server)
+    assert proc.pid == replacement
+    assert server.stats()["live"] == 1
+    end(proc)
+    assert server.stats()["live"] == 0
+
+
+ATTEMPT = """
+import os, socket
+
+def attempt(f):
+    try:
+        f()
+    except OSError as exc:
+        return type(exc).__name__
+    return "allowed"
+"""
+
+
+def test_a_strict_sandbox_from_the_standby_is_fully_confined():
+    _spawn.prestart()
+    server_pid = _spawn.stats()["server_pid"]
+    for _ in range(50):
+        before = children_of(server_pid)
+        sb = Sandbox(confinement="strict")
+        if sb.pid in before:  # its process was there before the request: the standby
+            break
+        sb.close()  # forked afresh (no standby yet): try again
+        time.sleep(0.05)
+    else:
+        pytest.fail("no strict sandbox was served by the standby")
+    with sb:
+        assert sb.missing_layers == ()
+        assert [layer[0] for layer in sb.confinement_report] == [
+            "close_fds", "namespaces", "rlimits", "landlock", "seccomp"]
+        sb.exec(ATTEMPT)
+        # seccomp, installed from the program the server compiled ahead of time
+        assert sb.eval("attempt(lambda: os.fork() or None)") == "PermissionError"
+        assert sb.eval("attempt(lambda: socket.socket().close())") == "PermissionError"
+        # Landlock
+        assert sb.eval("attempt(lambda: open('/etc/passwd').read())") == "PermissionError"
+        assert sb.eval("1 + 1") == 2
