@@ -29,10 +29,14 @@ there) and no middle process is needed.
 While idle the server forks one *standby* child ahead of the next request: a fork
 that has run everything a child does before it needs its config (the fork itself,
 the new session, closing the server's descriptors) and waits on a socket pair of its
-own. A spawn request whose Landlock ruleset was prepared before the standby forked
-(or that has none prepared) is handed to it (the packet and its descriptors, unchanged) and the standby goes on
-exactly as a child forked for the request would; any other request is forked as
-before. The standby holds no host data until that packet arrives.
+own. Unless the last request was for ``confinement="none"``, it also unshares the
+namespaces its lockdown would (:func:`sandbox_vm._namespaces.unshare_ahead`; that step
+then reports them), so only ``strict`` and ``best-effort`` requests go to such a
+standby. A spawn request whose Landlock ruleset was prepared before the standby forked
+(or that has none prepared) is handed to it (the packet and its descriptors,
+unchanged) and the standby goes on exactly as a child forked for the request would;
+any other request is forked as before. The standby holds no host data until that
+packet arrives, and waits not dumpable, like the server.
 
 A config with ``preload`` is served by a template (:mod:`sandbox_vm._templates`): a
 child of the server, running this same server code, that imported those modules and
@@ -210,6 +214,7 @@ class _Server:
         self.standby: _Standby | None = None
         self.unclaimed: set[int] = set()  # standby pids never handed a request
         self.standby_due = 0.0
+        self.standby_namespaces = True  # the next standby unshares them ahead
         # Preload templates (None inside a template, which forks sandboxes itself). The
         # server is a subreaper, so a dead template's sandboxes become its children.
         from ._templates import Templates
@@ -304,7 +309,8 @@ class _Server:
                 self.templates.submit(config, req_id, packet, fds)
                 return
             keep = self.prepare(config)
-            standby = self.claim_standby(prepared_key(config))
+            standby = self.claim_standby(prepared_key(config), config.confinement != "none")
+            self.standby_namespaces = config.confinement != "none"
             if standby is None:
                 pid = self.fork(config, fds, keep)
                 pidfd = os.pidfd_open(pid)
@@ -390,6 +396,7 @@ class _Server:
         ours, theirs = s.socketpair(s.AF_UNIX, s.SOCK_SEQPACKET)
         ours_fd, theirs_fd = ours.detach(), theirs.detach()  # >= 10: 3..9 are held
         keys = frozenset(self.prepared)
+        namespaces = self.standby_namespaces
         try:
             pid = self._fork()
         except OSError:
@@ -399,7 +406,7 @@ class _Server:
             return
         if pid == 0:
             os.close(ours_fd)
-            self.wait_as_standby(theirs_fd)  # never returns
+            self.wait_as_standby(theirs_fd, namespaces)  # never returns
         os.close(theirs_fd)
         try:
             pidfd = os.pidfd_open(pid)
@@ -411,17 +418,28 @@ class _Server:
             return
         self.adopt(pid, pidfd)
         self.unclaimed.add(pid)
-        self.standby = _Standby(pid, pidfd, ours_fd, keys, self.pid)
+        self.standby = _Standby(pid, pidfd, ours_fd, keys, self.pid, namespaces)
 
-    def claim_standby(self, key: tuple) -> _Standby | None:
+    def claim_standby(self, key: tuple, confined: bool) -> _Standby | None:
         """The standby, taken, if it can serve a config with prepared ``key``: it
-        inherited that key's descriptors, or the key has none."""
+        inherited that key's descriptors (or the key has none), and it unshared
+        namespaces only if the config is ``confined`` (not ``none``)."""
         sb = self.standby
         if sb is None or sb.owner != self.pid or (key not in sb.keys and self.prepared.get(key)):
+            return None
+        if sb.namespaces and not confined:  # of no use to the next "none" requests either
+            self.retire_standby()
             return None
         self.standby = None
         self.unclaimed.discard(sb.pid)
         return sb
+
+    def retire_standby(self) -> None:
+        """End the standby unused (it is reaped as unclaimed); the next one follows."""
+        sb, self.standby = self.standby, None
+        if sb is not None:
+            _kill_pidfd(sb.pidfd)
+            os.close(sb.sock)
 
     def hand_to_standby(self, sb: _Standby, req_id: int, packet: bytes, fds: list[int]) -> None:
         """Answer READY with the standby's pid, then pass it the spawn packet.
@@ -442,7 +460,7 @@ class _Server:
         finally:
             sock.close()
 
-    def wait_as_standby(self, sock_fd: int) -> None:
+    def wait_as_standby(self, sock_fd: int, namespaces: bool) -> None:
         """In the standby child: be born, wait for one spawn packet, become that child."""
         import pickle
 
@@ -451,6 +469,9 @@ class _Server:
             self.born()
             held = {sock_fd, self.devnull, *(fd for fds in self.prepared.values() for fd in fds)}
             _close_all_but(10, tuple(held))
+            ns = sys.modules.get("sandbox_vm._namespaces")
+            if namespaces and hasattr(ns, "unshare_ahead"):
+                ns.unshare_ahead(tuple(ns.KINDS))
             s = self._socket
             sock = s.socket(fileno=sock_fd)
             msg, anc, flags, _ = sock.recvmsg(MAX_PACKET, s.CMSG_SPACE(4 * SPAWN_FDS))
@@ -621,12 +642,14 @@ class _Server:
 
 class _Standby:
     """The server's standby child: its pid and pidfd, our end of its socket pair, the
-    prepared keys it inherited, and the server process that forked it."""
+    prepared keys it inherited, the server process that forked it, and whether it
+    unshared namespaces ahead."""
 
-    __slots__ = ("pid", "pidfd", "sock", "keys", "owner")
+    __slots__ = ("pid", "pidfd", "sock", "keys", "owner", "namespaces")
 
-    def __init__(self, pid: int, pidfd: int, sock: int, keys: frozenset, owner: int) -> None:
+    def __init__(self, pid: int, pidfd: int, sock: int, keys: frozenset, owner: int, namespaces: bool) -> None:
         self.pid, self.pidfd, self.sock, self.keys, self.owner = pid, pidfd, sock, keys, owner
+        self.namespaces = namespaces
 
 
 def _kill_pidfd(pidfd: int) -> None:

@@ -13,7 +13,7 @@ import dataclasses
 import os
 import time
 
-__all__ = ["KINDS", "NamespaceResult", "hint", "unshare", "unshare_all"]
+__all__ = ["KINDS", "NamespaceResult", "hint", "unshare", "unshare_ahead", "unshare_all"]
 
 KINDS: dict[str, int] = {
     "user": 0x10000000,  # CLONE_NEWUSER
@@ -42,8 +42,24 @@ def unshare(flags: int) -> int:
     return ctypes.get_errno()
 
 
+# (pid, kinds, result) of unshare_ahead, for the next unshare_all of that process.
+_AHEAD: tuple[int, tuple[str, ...], NamespaceResult] | None = None
+
+
+def unshare_ahead(kinds: tuple[str, ...] = tuple(KINDS)) -> None:
+    """Unshare ``kinds`` now, before this process knows its config (a fork server's
+    standby child does, while it waits); the next :func:`unshare_all` for the same
+    kinds in this process reports this result instead of unsharing again."""
+    global _AHEAD
+    _AHEAD = (os.getpid(), tuple(kinds), unshare_all(kinds))
+
+
 def unshare_all(kinds: tuple[str, ...] = tuple(KINDS)) -> NamespaceResult:
     """Unshare ``kinds`` where the kernel permits; never raises for a refusal."""
+    global _AHEAD
+    ahead, _AHEAD = _AHEAD, None
+    if ahead is not None and ahead[0] == os.getpid() and ahead[1] == tuple(kinds):
+        return ahead[2]
     result = NamespaceResult()
     flags = 0
     for kind in kinds:

@@ -14,6 +14,7 @@ from sandbox_vm._spawn import ForkServer
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 NONE = SandboxConfig(confinement="none")
+STRICT = SandboxConfig()  # the obey entry does not lock down: only the server's routing differs
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ def standby_of(server_pid: int, busy: set[int] = frozenset(), timeout: float = 1
         time.sleep(0.01)
 
 
-def started(fs: ForkServer, config: SandboxConfig = NONE) -> _spawn.SandboxProcess:
+def started(fs: ForkServer, config: SandboxConfig = STRICT) -> _spawn.SandboxProcess:
     proc = fs.spawn(config)
     assert os.read(proc.rfd, 2) == b"up"
     return proc
@@ -67,7 +68,13 @@ def test_the_next_request_is_served_by_the_standby(server):
     standby = standby_of(server.server_pid)
     proc = started(server)
     assert proc.pid == standby
+    end(proc)
+    first = started(server, NONE)  # forked afresh: the standby had unshared namespaces
+    standby = standby_of(server.server_pid, busy={first.pid})
+    proc = started(server, NONE)
+    assert proc.pid == standby
     assert sorted(int(fd) for fd in os.listdir(f"/proc/{proc.pid}/fd")) == [0, 1, 2, 3, 4]
+    end(first)
     # Another standby follows, and serves the request after.
     second = standby_of(server.server_pid, busy={proc.pid})
     assert second != proc.pid
@@ -102,6 +109,32 @@ def test_a_config_prepared_after_the_standby_forked_gets_a_fresh_fork(server):
     assert standby in children_of(server.server_pid)  # still waiting for its request
     assert started(server).pid == standby
     end(proc)
+
+
+def namespaces_of(pid: int) -> dict[str, str]:
+    return {kind: os.readlink(f"/proc/{pid}/ns/{kind}") for kind in ("user", "net", "ipc", "mnt", "uts")}
+
+
+def test_the_standby_unshares_namespaces_ahead_unless_the_last_request_was_none(server):
+    mine = namespaces_of(os.getpid())
+    standby = standby_of(server.server_pid)
+    deadline = time.monotonic() + 10
+    while set(namespaces_of(standby).values()) & set(mine.values()):  # it is getting there
+        assert time.monotonic() < deadline, namespaces_of(standby)
+        time.sleep(0.01)
+    # A confinement="none" request is not given a standby with namespaces: that one
+    # is ended, and the next standby keeps the host's namespaces.
+    plain = started(server, NONE)
+    assert plain.pid != standby and namespaces_of(plain.pid) == mine
+    second = standby_of(server.server_pid, busy={plain.pid})
+    assert second != standby
+    time.sleep(0.2)
+    assert namespaces_of(second) == mine
+    proc = started(server, NONE)
+    assert proc.pid == second
+    for p in (plain, proc):
+        end(p)
+    assert server.stats()["live"] == 0
 
 
 def test_a_killed_standby_is_replaced_and_never_reported(server):
@@ -148,6 +181,8 @@ def test_a_strict_sandbox_from_the_standby_is_fully_confined():
         assert sb.missing_layers == ()
         assert [layer[0] for layer in sb.confinement_report] == [
             "close_fds", "namespaces", "rlimits", "landlock", "seccomp"]
+        assert "unshared user,net,ipc,mount,uts" in sb.confinement_report[1][2]
+        assert sb.eval("__import__('os').getuid()") == 65534  # a user namespace without a uid map
         sb.exec(ATTEMPT)
         # seccomp, installed from the program the server compiled ahead of time
         assert sb.eval("attempt(lambda: os.fork() or None)") == "PermissionError"
@@ -155,3 +190,24 @@ def test_a_strict_sandbox_from_the_standby_is_fully_confined():
         # Landlock
         assert sb.eval("attempt(lambda: open('/etc/passwd').read())") == "PermissionError"
         assert sb.eval("1 + 1") == 2
+
+
+def test_namespaces_unshared_ahead_are_reported_once_for_the_same_kinds(monkeypatch):
+    from sandbox_vm import _namespaces
+
+    calls = []
+    monkeypatch.setattr(_namespaces, "unshare", lambda flags: calls.append(flags) or 0)
+    monkeypatch.setattr(_namespaces, "_AHEAD", None)
+    kinds = tuple(_namespaces.KINDS)
+    _namespaces.unshare_ahead(kinds)
+    assert len(calls) == 1
+    assert _namespaces.unshare_all(kinds).taken == list(kinds)
+    assert len(calls) == 1  # reported, not unshared again
+    _namespaces.unshare_all(kinds)
+    assert len(calls) == 2  # only the first lockdown after it
+    _namespaces.unshare_ahead(kinds)
+    _namespaces.unshare_all(("user", "net"))
+    assert len(calls) == 4  # other kinds: unshared as asked
+    monkeypatch.setattr(_namespaces, "_AHEAD", (os.getpid() + 1, kinds, _namespaces.NamespaceResult()))
+    _namespaces.unshare_all(kinds)
+    assert len(calls) == 5  # another process's record is not this one's
