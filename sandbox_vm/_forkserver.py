@@ -32,11 +32,13 @@ the new session, closing the server's descriptors) and waits on a socket pair of
 own. Unless the last request was for ``confinement="none"``, it also unshares the
 namespaces its lockdown would (:func:`sandbox_vm._namespaces.unshare_ahead`; that step
 then reports them), so only ``strict`` and ``best-effort`` requests go to such a
-standby. A spawn request whose Landlock ruleset was prepared before the standby forked
-(or that has none prepared) is handed to it (the packet and its descriptors,
-unchanged) and the standby goes on exactly as a child forked for the request would;
-any other request is forked as before. The standby holds no host data until that
-packet arrives, and waits not dumpable, like the server.
+standby; without PID namespaces it also compiles its seccomp filter, which names its
+pid (with them every sandbox is pid 1 and the server compiled it once). A spawn
+request whose Landlock ruleset was prepared before the standby forked (or that has
+none prepared) is handed to it (the packet and its descriptors, unchanged) and the
+standby goes on exactly as a child forked for the request would; any other request
+is forked as before. The standby holds no host data until that packet arrives, and
+waits not dumpable, like the server.
 
 A config with ``preload`` is served by a template (:mod:`sandbox_vm._templates`): a
 child of the server, running this same server code, that imported those modules and
@@ -472,6 +474,9 @@ class _Server:
             ns = sys.modules.get("sandbox_vm._namespaces")
             if namespaces and hasattr(ns, "unshare_ahead"):
                 ns.unshare_ahead(tuple(ns.KINDS))
+            lockdown = sys.modules.get("sandbox_vm._lockdown")
+            if namespaces and self.own_pidns < 0 and hasattr(lockdown, "compile_seccomp"):
+                lockdown.compile_seccomp(os.getpid())  # its filter names its pid: known now
             s = self._socket
             sock = s.socket(fileno=sock_fd)
             msg, anc, flags, _ = sock.recvmsg(MAX_PACKET, s.CMSG_SPACE(4 * SPAWN_FDS))

@@ -52,6 +52,13 @@ def standby_of(server_pid: int, busy: set[int] = frozenset(), timeout: float = 1
         time.sleep(0.01)
 
 
+def gone(fs: ForkServer, pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while pid in children_of(fs.server_pid):
+        assert time.monotonic() < deadline, f"{pid} is still there"
+        time.sleep(0.01)
+
+
 def started(fs: ForkServer, config: SandboxConfig = STRICT) -> _spawn.SandboxProcess:
     proc = fs.spawn(config)
     assert os.read(proc.rfd, 2) == b"up"
@@ -69,7 +76,10 @@ def test_the_next_request_is_served_by_the_standby(server):
     proc = started(server)
     assert proc.pid == standby
     end(proc)
+    retired = standby_of(server.server_pid)
     first = started(server, NONE)  # forked afresh: the standby had unshared namespaces
+    assert first.pid != retired
+    gone(server, retired)  # it was ended: of no use to "none" requests
     standby = standby_of(server.server_pid, busy={first.pid})
     proc = started(server, NONE)
     assert proc.pid == standby
@@ -126,6 +136,7 @@ def test_the_standby_unshares_namespaces_ahead_unless_the_last_request_was_none(
     # is ended, and the next standby keeps the host's namespaces.
     plain = started(server, NONE)
     assert plain.pid != standby and namespaces_of(plain.pid) == mine
+    gone(server, standby)
     second = standby_of(server.server_pid, busy={plain.pid})
     assert second != standby
     time.sleep(0.2)
@@ -140,10 +151,7 @@ def test_the_standby_unshares_namespaces_ahead_unless_the_last_request_was_none(
 def test_a_killed_standby_is_replaced_and_never_reported(server):
     standby = standby_of(server.server_pid)
     os.kill(standby, 9)
-    deadline = time.monotonic() + 10
-    while standby in children_of(server.server_pid):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    gone(server, standby)
     replacement = standby_of(server.server_pid)
     assert replacement != standby
     proc = started(server)
@@ -190,6 +198,32 @@ def test_a_strict_sandbox_from_the_standby_is_fully_confined():
         # Landlock
         assert sb.eval("attempt(lambda: open('/etc/passwd').read())") == "PermissionError"
         assert sb.eval("1 + 1") == 2
+
+
+def test_a_strict_sandbox_from_a_standby_without_pid_namespaces_is_fully_confined(monkeypatch):
+    server = ForkServer(pid_namespace=False)
+    try:
+        assert server.ready(30)
+        monkeypatch.setattr(_spawn, "spawn", server.spawn)
+        for _ in range(50):
+            before = children_of(server.server_pid)
+            sb = Sandbox(confinement="strict")
+            if sb.pid in before:
+                break
+            sb.close()
+            time.sleep(0.05)
+        else:
+            pytest.fail("no strict sandbox was served by the standby")
+        with sb:
+            assert sb.missing_layers == ()
+            sb.exec(ATTEMPT)
+            # the filter it compiled while waiting lets it signal itself, nothing else
+            assert sb.eval("attempt(lambda: os.kill(os.getpid(), 0))") == "allowed"
+            assert sb.eval(f"attempt(lambda: os.kill({os.getpid()}, 0))") == "PermissionError"
+            assert sb.eval("attempt(lambda: os.fork() or None)") == "PermissionError"
+            assert sb.eval("attempt(lambda: socket.socket().close())") == "PermissionError"
+    finally:
+        server.close()
 
 
 def test_namespaces_unshared_ahead_are_reported_once_for_the_same_kinds(monkeypatch):
