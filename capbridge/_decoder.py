@@ -74,7 +74,8 @@ if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
 
 from ._errors import ProtocolError
 
-__all__ = ["Budget", "decode", "small_answer", "small_call", "NOT_SMALL", "MAX_DEPTH", "OPCODES"]
+__all__ = ["Budget", "decode", "small_answer", "small_call", "NOT_SMALL", "MAX_DEPTH", "OPCODES",
+           "COMMON_ANSWERS"]
 
 #: Deepest nesting of containers accepted from the sandbox.
 MAX_DEPTH = 100
@@ -418,6 +419,26 @@ def small_answer(body: Any, start: int, n: int = -1) -> Any:
         return value
     except (IndexError, struct.error, UnicodeDecodeError):
         return NOT_SMALL
+
+
+
+def _common_answers() -> dict[bytes, Any]:
+    values: list[Any] = [None, True, False, "", b"", *range(256)]
+    return {b"\x80\x05" + _OP_BYTES[type(v)](v) + b".": v for v in values}
+
+
+_OP_BYTES: dict[type, Any] = {
+    type(None): lambda v: b"N",
+    bool: lambda v: b"\x88" if v else b"\x89",
+    str: lambda v: b"\x8c\x00",
+    bytes: lambda v: b"C\x00",
+    int: lambda v: bytes((0x4B, v)),
+}
+
+#: The payloads of the commonest answers (None, booleans, empty str and bytes, ints
+#: 0-255), each exactly as the pickler writes it, and their values: a fixed table, so
+#: the reader of one of these is a single lookup. small_answer reads each the same way.
+COMMON_ANSWERS: dict[bytes, Any] = _common_answers()
 
 
 #: Names kept per connection by small_call (a hostile peer can only fill it).

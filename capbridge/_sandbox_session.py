@@ -173,6 +173,29 @@ class SandboxSession(Session):
         self.bytes_out += n + 4
         return frame
 
+    def return_frame(self, qid: int, value: Any) -> bytes:
+        """The whole frame for a RETURN of a scalar (:meth:`plain_frame`, unpacked)."""
+        parts = self._parts
+        self._direct.dump(value)
+        payload = parts.pop() if len(parts) == 1 else _join_parts(parts)
+        n = len(payload) + 9
+        if n > 8192:
+            return _frame(self.encode((_RETURN_T, qid, value)))
+        self.bytes_out += n + 4
+        return _pack_answer_frame(n, _RETURN_T, qid) + payload
+
+    def call_frame(self, qid: int, parent: int, target: int, op: int, name: str | None,
+                   args: tuple, kwargs: dict) -> bytes:
+        """The whole frame for a CALL of scalars (:meth:`plain_frame`, unpacked)."""
+        parts = self._parts
+        self._direct.dump((name, args, kwargs))
+        payload = parts.pop() if len(parts) == 1 else _join_parts(parts)
+        n = len(payload) + 26
+        if n > 8192:
+            return _frame(self.encode((_CALL_T, qid, parent, target, op, name, args, kwargs)))
+        self.bytes_out += n + 4
+        return _pack_call_frame(n, _CALL_T, qid, parent, target, op) + payload
+
     def encode_plain(self, msg: tuple) -> bytes:
         """Body for a CALL or RETURN that holds only scalars (the channel checked)."""
         try:
@@ -345,6 +368,8 @@ class SandboxSession(Session):
                 return (tag, _unpack_answer(body, base)[1], _loads(body[base + 9:]))
             return (tag, _unpack_answer(body, base)[1], self._load(body, base + 9))
         if tag == _CALL_T:
+            if n < 4096 and body.find(b"Q", base + 26) < 0:
+                return (*_unpack_call(body, base), *_loads(body[base + 26:]))
             return (*_unpack_call(body, base), *self._load(body, base + 26))
         if tag == _RELEASE_T:
             return (tag, self._load(body, base + 1))
