@@ -437,16 +437,16 @@ class HostSession(Session):
         membrane = entry.membrane
         if membrane is None:
             obj = entry.target
-            if op == _OP_CALL and self.audit is None and name in entry.iface.methods:
-                # The common case: an exposed method of a plain export.
-                result = getattr(obj, name)(*args, **kwargs)
-                if type(result) in _SCALARS or not isinstance(result, types.CoroutineType):
-                    return result
-                return self.await_coroutine(result, entry, name)
         else:
             obj = entry.obj._cb_live()
             # What this call returns leaves through the same membrane.
             self.tables.answers[qid] = membrane
+        if op == _OP_CALL and self.audit is None and name in entry.iface.methods:
+            # The common case: an exposed method (of a plain export, or of a facet's).
+            result = getattr(obj, name)(*args, **kwargs)
+            if type(result) in _SCALARS or not isinstance(result, types.CoroutineType):
+                return result
+            return self.await_coroutine(result, entry, name)
         if self.audit is None:
             return self._invoke(entry, obj, op, name, args, kwargs)
         return self._audited(entry, obj, op, name, args, kwargs, self._arg_bytes.pop(qid, 0))

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
     from typing import Any
 
 from . import _codec
-from ._decoder import MAX_DEPTH, Budget, decode as _decode
+from ._decoder import COMMON_ANSWERS, MAX_DEPTH, NOT_SMALL, Budget, decode as _decode
 from ._errors import CapabilityError, ProtocolError, RemoteError
 from ._expose import ALLOWED_DUNDERS, Interface, Member, value_type, value_type_named, value_type_of
 from ._protocol import ANSWER_FRAME, ANSWER_HEADER, CALL_FRAME, CALL_HEADER, HEADER, HELLO_HEADER, Op, Tag
@@ -40,6 +40,7 @@ _OP_CALL, _OP_GET, _OP_SET, _OP_ITER = int(Op.CALL), int(Op.GET), int(Op.SET), i
 _PLAIN = (_codec.PLAIN_TYPES - {frozenset}) | {pickle.PickleBuffer}
 _RECORDS = _codec.STDLIB_VALUE_TYPES
 _loads = pickle.loads
+_common_answer = COMMON_ANSWERS.get
 _pack_call = CALL_HEADER.pack
 _pack_call_frame = CALL_FRAME.pack
 _pack_answer_frame = ANSWER_FRAME.pack
@@ -364,6 +365,10 @@ class SandboxSession(Session):
         self.bytes_in += n - base + 4
         tag = body[base]
         if tag == _RETURN_T or tag == _RAISE_T:
+            if n - base < 15 and type(body) is bytes:
+                value = _common_answer(body[base + 9:], NOT_SMALL)
+                if value is not NOT_SMALL:
+                    return (tag, _unpack_answer(body, base)[1], value)
             if n < 4096 and body.find(b"Q", base + 9) < 0:
                 return (tag, _unpack_answer(body, base)[1], _loads(body[base + 9:]))
             return (tag, _unpack_answer(body, base)[1], self._load(body, base + 9))
