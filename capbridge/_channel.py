@@ -658,10 +658,11 @@ class Channel:
                         # The common case, written out: one read brings one whole frame.
                         try:
                             data = _os_read(self.rfd, _READ_SIZE)
+                            n = len(data)
                         except InterruptedError:
                             data = None
-                        if data is not None and len(data) >= 4 and _unpack_from(data)[0] + 4 == len(data) \
-                                and len(data) <= self._max_frame:
+                            n = 0
+                        if n >= 4 and _unpack_from(data)[0] + 4 == n <= self._max_frame:
                             msg = self.session.decode(data, 4)
                         else:
                             msgs = self._read_messages(data)

@@ -75,7 +75,7 @@ if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
 from ._errors import ProtocolError
 
 __all__ = ["Budget", "decode", "small_answer", "small_call", "NOT_SMALL", "MAX_DEPTH", "OPCODES",
-           "COMMON_ANSWERS"]
+           "COMMON_ANSWERS", "SMALL_INT_PAYLOADS", "NONE_PAYLOAD"]
 
 #: Deepest nesting of containers accepted from the sandbox.
 MAX_DEPTH = 100
@@ -439,6 +439,9 @@ _OP_BYTES: dict[type, Any] = {
 #: 0-255), each exactly as the pickler writes it, and their values: a fixed table, so
 #: the reader of one of these is a single lookup. small_answer reads each the same way.
 COMMON_ANSWERS: dict[bytes, Any] = _common_answers()
+#: The same payloads the other way: ints 0-255 by value, and None's.
+SMALL_INT_PAYLOADS: tuple[bytes, ...] = tuple(b"\x80\x05K" + bytes((v,)) + b"." for v in range(256))
+NONE_PAYLOAD = b"\x80\x05N."
 
 
 #: Names kept per connection by small_call (a hostile peer can only fill it).

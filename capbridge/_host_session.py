@@ -24,7 +24,7 @@ import types
 from typing import Any, Callable
 
 from . import _codec
-from ._decoder import COMMON_ANSWERS, NOT_SMALL, Budget, decode as _decode, small_answer, small_call
+from ._decoder import COMMON_ANSWERS, NONE_PAYLOAD, NOT_SMALL, SMALL_INT_PAYLOADS, Budget, decode as _decode, small_answer, small_call
 from ._errors import CapabilityError, ProtocolError, RemoteError, RevokedError, safe_repr
 from ._expose import Interface, interface_of, value_type_named, value_type_of
 from ._membrane import Bound, InboundProxy, Membrane
@@ -151,7 +151,12 @@ class HostSession(Session):
 
     def return_frame(self, qid: int, value: Any) -> bytes:
         """The whole frame for a RETURN of a scalar (:meth:`plain_frame`, unpacked)."""
-        payload = _dumps(value, 5)
+        if value is None:
+            payload = NONE_PAYLOAD
+        elif type(value) is int and 0 <= value < 256:
+            payload = SMALL_INT_PAYLOADS[value]
+        else:
+            payload = _dumps(value, 5)
         n = len(payload) + 9
         frame = _pack_answer_frame(n, _RETURN_T, qid) + payload
         if n > self.max_frame:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
     from typing import Any
 
 from . import _codec
-from ._decoder import COMMON_ANSWERS, MAX_DEPTH, NOT_SMALL, Budget, decode as _decode
+from ._decoder import COMMON_ANSWERS, MAX_DEPTH, NONE_PAYLOAD, NOT_SMALL, SMALL_INT_PAYLOADS, Budget, decode as _decode
 from ._errors import CapabilityError, ProtocolError, RemoteError
 from ._expose import ALLOWED_DUNDERS, Interface, Member, value_type, value_type_named, value_type_of
 from ._protocol import ANSWER_FRAME, ANSWER_HEADER, CALL_FRAME, CALL_HEADER, HEADER, HELLO_HEADER, Op, Tag
@@ -176,9 +176,14 @@ class SandboxSession(Session):
 
     def return_frame(self, qid: int, value: Any) -> bytes:
         """The whole frame for a RETURN of a scalar (:meth:`plain_frame`, unpacked)."""
-        parts = self._parts
-        self._direct.dump(value)
-        payload = parts.pop() if len(parts) == 1 else _join_parts(parts)
+        if value is None:
+            payload = NONE_PAYLOAD
+        elif type(value) is int and 0 <= value < 256:
+            payload = SMALL_INT_PAYLOADS[value]
+        else:
+            parts = self._parts
+            self._direct.dump(value)
+            payload = parts.pop() if len(parts) == 1 else _join_parts(parts)
         n = len(payload) + 9
         if n > 8192:
             return _frame(self.encode((_RETURN_T, qid, value)))

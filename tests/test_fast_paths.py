@@ -173,3 +173,12 @@ def test_a_remembered_payload_aimed_at_an_unknown_export_kills_the_sandbox(sandb
     assert calc.seen == [(1, 2)] * 3
     with pytest.raises(Exception):
         sb.eval("1")
+
+
+@pytest.mark.parametrize("session", [HostSession, SandboxSession])
+def test_return_frames_of_small_values_are_what_plain_frame_writes(session):
+    for value in [None, True, False, 0, 1, 255, 256, -1, 1 << 70, "", "x", b"", 2.5]:
+        a, b = session(), session()
+        assert a.return_frame(9, value) == b.plain_frame((RETURN, 9, value))
+        assert a.bytes_out == b.bytes_out
+        assert HostSession().decode(SandboxSession().return_frame(9, value)[4:]) == (RETURN, 9, value)
