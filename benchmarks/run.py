@@ -950,7 +950,7 @@ def main(argv=None) -> int:
                          "OK" if 1 / med >= 100 else "MISS"])
         print(table(["driven by", "ticks/s", "median ms", "p90 ms", "target", ""], rows,
                     f"7. NPC ticks: {npcs} strict sandboxes, a tick = one call into each making 3 host calls "
-                    "(unpinned)"))
+                    "(unpinned, except the one-CPU row: the host thread pinned, cpus=\"caller\")"))
         results["sections"]["npc"] = {label: 1 / statistics.median(times) for label, times in res.items()}
 
     if "fanout" in sections:
