@@ -29,12 +29,16 @@ is granted exactly when the loader needs it.
 
 from __future__ import annotations
 
-import dataclasses
 import mmap
 import os
 import struct
 import sys
-from collections.abc import Iterable
+
+from ._record import record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = ["ElfInfo", "Library", "Loader", "Resolution", "read_elf", "read_loader_cache"]
 
@@ -44,7 +48,7 @@ DT_NULL, DT_NEEDED, DT_STRTAB, DT_SONAME, DT_RPATH, DT_RUNPATH = 0, 1, 5, 14, 15
 PT_LOAD, PT_DYNAMIC = 1, 2
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class ElfInfo:
     """The parts of an ELF file's dynamic section the loader acts on."""
 
@@ -150,7 +154,7 @@ def system_dirs() -> list[str]:
     return [d for d in dirs if os.path.isdir(d)]
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Library:
     """One shared library found for a ``DT_NEEDED`` entry.
 
@@ -164,7 +168,7 @@ class Library:
     needed_by: str
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Resolution:
     """Every library the objects need, what was not found, and whether the cache is used."""
 
@@ -238,7 +242,7 @@ class Loader:
                 if not libs:
                     missing[(name, path)] = None
                 for lib in libs:
-                    lib = dataclasses.replace(lib, needed_by=path)
+                    lib = Library(lib.soname, lib.path, lib.via, needed_by=path)
                     found.setdefault((lib.soname, real(lib.path), real(path)), lib)
                     # What it loads searches its DT_RPATH and its loaders' (a RUNPATH hides its own).
                     todo.append((lib.path, (() if info.runpath else own_rpath) + inherited))

@@ -24,16 +24,18 @@ finds it.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib.machinery
 import os
 import re
 import sys
-from collections.abc import Iterable
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from collections.abc import Iterable
+    from typing import Any
 
 from . import _elf
+from ._record import record
 
 __all__ = [
     "Access", "Distribution", "Entry", "check_names", "describe", "locations", "resolve", "sandbox_path", "server_paths",
@@ -140,7 +142,7 @@ def _import_name_hint(name: str) -> str:
 
 # -- resolving what becomes readable ---------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Entry:
     """One readable path: what kind, for which distribution (or import name), and why."""
 
@@ -150,7 +152,7 @@ class Entry:
     note: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Distribution:
     """An installed distribution made readable; ``required_by`` is empty when asked for."""
 
@@ -159,7 +161,7 @@ class Distribution:
     required_by: tuple[str, ...]
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Access:
     """Everything :func:`resolve` found for a set of import names."""
 
