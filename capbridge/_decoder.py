@@ -238,22 +238,12 @@ _MEM_MEMBER = 4096
 _DATA_KEYS = frozenset({str, bytes, int, float, bool, type(None), complex})
 
 
-def _add_data_keys(*types: type) -> None:
+def add_data_keys(*types: type) -> None:
+    """Let values of ``types`` be dict keys and set items unchecked (the stdlib value
+    types, added by :mod:`capbridge._codec` when it imports them: such a value reaches
+    the decoder only as a record that module built)."""
     global _DATA_KEYS
     _DATA_KEYS = _DATA_KEYS | frozenset(types)
-
-
-def _stdlib_keys() -> None:
-    import datetime
-    import decimal
-    import fractions
-    import uuid
-
-    _add_data_keys(datetime.date, datetime.time, datetime.datetime, datetime.timedelta,
-                   datetime.timezone, decimal.Decimal, fractions.Fraction, uuid.UUID)
-
-
-_stdlib_keys()
 
 _unpack_i = struct.Struct("<i").unpack_from
 _unpack_H = struct.Struct("<H").unpack_from

@@ -38,7 +38,6 @@ _OP_CALL, _OP_GET, _OP_SET, _OP_ITER = int(Op.CALL), int(Op.GET), int(Op.SET), i
 #: mode, counts one nesting level on entering a frozenset and none on leaving it, so
 #: after 50 of them it takes siblings for cycles; they are sent as records instead.
 _PLAIN = (_codec.PLAIN_TYPES - {frozenset}) | {pickle.PickleBuffer}
-_RECORDS = _codec.STDLIB_VALUE_TYPES
 _loads = pickle.loads
 _common_answer = COMMON_ANSWERS.get
 _pack_call = CALL_HEADER.pack
@@ -314,8 +313,9 @@ class SandboxSession(Session):
             return None
         if t is frozenset:  # as a set: the host checks its items as it builds any set
             return ("v", "frozenset", set(obj))
-        if t in _RECORDS or _codec.is_ndarray(obj):
-            return _codec.encode_value_record(obj)
+        record = _codec.encode_value_record(obj)
+        if record is not None:
+            return record
         if isinstance(obj, Proxy):
             if obj._cb_chan is not self.channel:
                 raise CapabilityError("a proxy from another connection cannot be passed here")
