@@ -149,16 +149,23 @@ _EMPTY_DICT, _SETITEM, _SETITEMS = 0x7D, 0x73, 0x75
 _EMPTY_SET, _ADDITEMS, _FROZENSET = 0x8F, 0x90, 0x91
 _BINPERSID = 0x51
 
-#: Name of every opcode byte, for error messages.
-_NAMES = ["0x%02x" % b for b in range(256)]
-try:
-    import pickletools as _pt
+_NAMES: list[str] = []
 
-    for _op in _pt.opcodes:
-        _NAMES[ord(_op.code)] = _op.name
-    del _op, _pt
-except ImportError:  # pragma: no cover
-    pass
+
+def _op_name(op: int) -> str:
+    """The name of opcode byte ``op``, for error messages (pickletools is imported for
+    the first one only: a fresh fork server imports this module before its first sandbox)."""
+    if not _NAMES:
+        names = ["0x%02x" % b for b in range(256)]
+        try:
+            import pickletools
+        except ImportError:  # pragma: no cover
+            pass
+        else:
+            for info in pickletools.opcodes:
+                names[ord(info.code)] = info.name
+        _NAMES[:] = names
+    return _NAMES[op]
 
 OPCODES = frozenset({
     _PROTO, _FRAME, _STOP, _MARK, _NONE, _TRUE, _FALSE, _BININT, _BININT1, _BININT2, _LONG1,
@@ -287,7 +294,7 @@ def _over(what: str) -> ProtocolError:
 
 
 def _forbidden(op: int, at: int) -> ProtocolError:
-    return ProtocolError(f"forbidden pickle opcode {_NAMES[op]} (0x{op:02x}) at offset {at}")
+    return ProtocolError(f"forbidden pickle opcode {_op_name(op)} (0x{op:02x}) at offset {at}")
 
 
 def _too_deep(limit: int) -> ProtocolError:
@@ -816,7 +823,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                         raise _over_memory(mem, limit, n)
                 elif op == 0x65 or op == 0x74 or op == 0x75 or op == 0x90:
                     if not marks:
-                        raise _bad(f"{_NAMES[op]} without MARK")
+                        raise _bad(f"{_op_name(op)} without MARK")
                     m = marks.pop()
                     base = marks[-1] if marks else 0
                     k = len(stack) - m
@@ -862,7 +869,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                         push(obj)
                     else:
                         if m < 1 or not cpos or cpos[-1] != m - 1:
-                            raise _bad(f"{_NAMES[op]} with nothing to add to")
+                            raise _bad(f"{_op_name(op)} with nothing to add to")
                         target = stack[m - 1]
                         tt = type(target)
                         if op == 0x65:
@@ -876,7 +883,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                             mem += 10 * k + 64  # list growth: at most 1/8 more, and 4 slots
                         else:
                             if tt is not (dict if op == 0x75 else set):
-                                raise _bad(f"{_NAMES[op]} {'on' if op == 0x75 else 'to'} a {tt.__name__}")
+                                raise _bad(f"{_op_name(op)} {'on' if op == 0x75 else 'to'} a {tt.__name__}")
                             size = len(target)
                             if size % L_BATCH:
                                 raise _bad_batch(op, k, size)
@@ -914,7 +921,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                     k = 1 if op == 0x61 else 2
                     m = len(stack) - k
                     if m - 1 < base or not cpos:
-                        raise _bad(f"{_NAMES[op]} with nothing to add to")
+                        raise _bad(f"{_op_name(op)} with nothing to add to")
                     d = 1
                     w = k
                     heavy = None
@@ -929,11 +936,11 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                         if p == m and op == 0x73:
                             heavy = ww
                         if not cpos:
-                            raise _bad(f"{_NAMES[op]} with nothing to add to")
+                            raise _bad(f"{_op_name(op)} with nothing to add to")
                     if d > maxd:
                         raise _too_deep(maxd)
                     if cpos[-1] != m - 1:
-                        raise _bad(f"{_NAMES[op]} with nothing to add to")
+                        raise _bad(f"{_op_name(op)} with nothing to add to")
                     target = stack[m - 1]
                     if op == 0x61:
                         if type(target) is not list:
@@ -1008,7 +1015,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                             raise _bad("truncated pickle (a string or bytes runs past the end of its frame)")
                         size = j - a
                         if size >= FRAME_TARGET:
-                            raise _bad(f"{size} bytes of {_NAMES[op]} inside a frame (the pickler writes "
+                            raise _bad(f"{size} bytes of {_op_name(op)} inside a frame (the pickler writes "
                                        f"{FRAME_TARGET} bytes or more outside frames)")
                         if op == 0x42:
                             obj = buf[a:j]
@@ -1036,7 +1043,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                         if j > n - 1:
                             raise _bad("truncated pickle")
                         if size < FRAME_TARGET:
-                            raise _bad(f"{size} bytes of {_NAMES[op]} outside a frame (the pickler writes "
+                            raise _bad(f"{size} bytes of {_op_name(op)} outside a frame (the pickler writes "
                                        f"fewer than {FRAME_TARGET} bytes inside frames)")
                         if op == 0x58:
                             obj, w, sm = _text(body, a, j, budget, lim - mem, wlim - work, n)
@@ -1122,7 +1129,7 @@ def _blob_span(src: Any, p: int, op: int) -> tuple[int, int]:
 
 def _bad_batch(op: int, k: int, size: int) -> ProtocolError:
     if size % BATCH:
-        return _bad(f"{_NAMES[op]} after a batch of fewer than {BATCH} items")
+        return _bad(f"{_op_name(op)} after a batch of fewer than {BATCH} items")
     if op == 0x65:
         return _bad(f"APPENDS of {k} items (the pickler writes 1 to {BATCH}, and a one-item list with APPEND)")
     if op == 0x75:

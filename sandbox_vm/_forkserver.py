@@ -139,6 +139,8 @@ _WARM = (
     "struct", "base64", "hashlib", "copy", "string", "textwrap", "enum", "operator",
     "heapq", "bisect", "statistics", "contextlib", "abc", "numbers", "types",
     "inspect", "weakref", "array", "binascii", "zlib", "pprint",
+    "ast",  # capbridge._presentation rebuilds the host's signatures with it
+    "pickletools",  # capbridge._decoder names opcodes in its errors with it
     "cloudpickle",  # what Sandbox.call's pickles name
 )
 
