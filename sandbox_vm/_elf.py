@@ -177,7 +177,8 @@ class Resolution:
     needs_cache: bool
 
     def paths(self) -> list[str]:
-        return list(dict.fromkeys(os.path.realpath(lib.path) for lib in self.libraries))
+        # Many objects need the same library: each file is resolved once.
+        return list(dict.fromkeys(os.path.realpath(p) for p in dict.fromkeys(lib.path for lib in self.libraries)))
 
 
 class Loader:
@@ -203,6 +204,7 @@ class Loader:
         self.dirs = system_dirs() if dirs is None else list(dirs)
         self._machines: dict[str, bool] = {}
         self._infos: dict[str, ElfInfo | None] = {}
+        self._searched: dict[tuple[str, str, tuple[str, ...]], tuple[list[Library], bool]] = {}
 
     @property
     def cache(self) -> dict[str, list[str]]:
@@ -256,14 +258,18 @@ class Loader:
             path = name if os.path.isabs(name) else os.path.join(os.getcwd(), name)
             return ([Library(name, path, "path", "")] if self._usable(path) else []), False
         if info.runpath:
-            chains = [("runpath", self._expand(info.runpath, origin))]
+            via, dirs = "runpath", tuple(self._expand(info.runpath, origin))
         else:
-            rpath = [*self._expand(info.rpath, origin), *inherited, *self.caller_rpath]
-            chains = [("rpath", rpath)]
-        for via, dirs in chains:
-            hits = self._in_dirs(name, dirs)
-            if hits:
-                return [Library(name, p, via, "") for p in hits], False
+            via, dirs = "rpath", (*self._expand(info.rpath, origin), *inherited, *self.caller_rpath)
+        key = (name, via, dirs)  # many objects ask for the same library the same way
+        if key not in self._searched:
+            self._searched[key] = self._search_dirs(name, via, dirs)
+        return self._searched[key]
+
+    def _search_dirs(self, name: str, via: str, dirs: tuple[str, ...]) -> tuple[list[Library], bool]:
+        hits = self._in_dirs(name, dirs)
+        if hits:
+            return [Library(name, p, via, "") for p in hits], False
         cached = [p for p in self.cache.get(name, ()) if self._usable(p)]
         system = self._in_dirs(name, self.dirs)
         libs = [Library(name, p, "system dir", "") for p in system]
