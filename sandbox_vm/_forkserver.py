@@ -131,6 +131,7 @@ _ESSENTIAL = (
     "capbridge",
     "capbridge._sandbox_session",
     "capbridge._channel",
+    "capbridge._errors_data",  # _runtime.serve, before HELLO (with linecache: exec and eval)
 )
 # Imported while the server is idle, then frozen: commonly used by sandbox code.
 _WARM = (

@@ -401,7 +401,7 @@ _BEFORE_FIRST_SPAWN = (
 )
 # Modules that cost a fresh interpreter milliseconds each and that no sandbox needs to
 # start: the server imports them while idle (_WARM) or never.
-_HEAVY = ("dataclasses", "inspect", "ast", "dis", "tokenize", "typing", "uuid", "platform",
+_HEAVY = ("dataclasses", "inspect", "ast", "dis", "typing", "uuid", "platform",
           "datetime", "decimal", "fractions", "pickletools", "subprocess", "socket", "importlib.metadata")
 
 
