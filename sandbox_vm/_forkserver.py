@@ -39,6 +39,9 @@ from __future__ import annotations
 import os
 import struct
 import sys
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from collections.abc import Iterable
 
 __all__ = [
     "FLAG_PIDNS",
@@ -50,6 +53,7 @@ __all__ = [
     "decode_ready",
     "encode_spawn",
     "server_command",
+    "server_paths",
 ]
 
 # -- wire format: shared by the host (sandbox_vm._spawn) and the server below --------
@@ -105,6 +109,25 @@ _BOOT = (
 # The variables the sandbox needs, and nothing else. MALLOC_ARENA_MAX keeps glibc
 # from reserving a 64 MiB arena per thread under RLIMIT_AS.
 SERVER_ENV = {"MALLOC_ARENA_MAX": "2", "LC_ALL": "C.UTF-8"}
+
+
+_REQUIRED = ("sandbox_vm", "capbridge", "cloudpickle", "tblib")
+
+
+def server_paths(extra: Iterable[str] = ()) -> list[str]:
+    """The directories a fork server imports from besides the standard library:
+    capbridge's own, its dependencies', this environment's ``site-packages``."""
+    import importlib.util
+    import sysconfig
+
+    paths: list[str] = []
+    for name in _REQUIRED:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            paths.append(os.path.dirname(os.path.abspath(list(spec.submodule_search_locations)[0])))
+    site = sysconfig.get_paths()
+    paths += [site["purelib"], site["platlib"], *extra]
+    return list(dict.fromkeys(p for p in paths if p and os.path.isdir(p)))
 
 
 def server_command(ctl_fd: int, paths: list[str], options: str) -> list[str]:

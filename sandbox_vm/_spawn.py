@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 from . import _forkserver as wire
 from ._config import ExitStatus, SandboxConfig
-from ._packages import server_paths
 
 __all__ = ["ForkServer", "SandboxProcess", "ensure_server", "prestart", "spawn", "stats"]
 
@@ -161,7 +160,7 @@ class ForkServer:
         self.flags = 0
         self.spawned = 0
         self.owner = os.getpid()
-        import_path = server_paths(paths)
+        import_path = wire.server_paths(paths)
         # The base Landlock paths take the server tens of milliseconds to work out
         # (ELF dependencies of the standard library's extensions): this process does
         # it meanwhile, while the server's interpreter starts, and hands them over.

@@ -408,11 +408,9 @@ _HEAVY = ("dataclasses", "inspect", "ast", "dis", "typing", "uuid", "platform",
 def test_fork_server_starts_without_heavy_modules():
     import subprocess
 
-    from sandbox_vm._packages import server_paths
-
     command = wire.server_command(0, [], "")
     interpreter = command[: command.index("-c")]  # python -I -S ..., as the server runs
-    out = subprocess.run([*interpreter, "-c", _BEFORE_FIRST_SPAWN, *server_paths()],
+    out = subprocess.run([*interpreter, "-c", _BEFORE_FIRST_SPAWN, *wire.server_paths()],
                          capture_output=True, text=True, env=dict(wire.SERVER_ENV), cwd="/", timeout=60)
     assert out.returncode == 0, out.stderr
     loaded = set(out.stdout.split())
