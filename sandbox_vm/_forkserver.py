@@ -522,6 +522,9 @@ def _server_main(ctl_fd: int, options: str) -> None:
     import gc
     import signal
 
+    # No collections while importing (they cost milliseconds before the first sandbox
+    # and find next to nothing: what imports make stays); frozen below.
+    gc.disable()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     server = _Server(ctl_fd, options)
     for name in _ESSENTIAL:
@@ -529,6 +532,7 @@ def _server_main(ctl_fd: int, options: str) -> None:
     entry_module = server.entry.partition(":")[0]
     _import_optional(entry_module)
     gc.freeze()  # a full collect waits for idle time (see _Server.run)
+    gc.enable()
     try:
         server.hello()
     except OSError:
