@@ -72,7 +72,7 @@ def _load_stdlib() -> frozenset:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "STDLIB_VALUE_TYPES":  #: Standard-library types that cross by value.
+    if name == "STDLIB_VALUE_TYPES":  # the standard-library types that cross by value
         return _load_stdlib()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -18,9 +18,6 @@ class FrozenInstanceError(AttributeError):
     """Assigning to (or deleting) a field of a record."""
 
 
-_NO_DEFAULT = object()
-
-
 def record(cls: type | None = None, *, uncompared: tuple[str, ...] = ()):
     """Make ``cls`` a frozen record (see the module docstring).
 
@@ -94,6 +91,5 @@ def _build(cls: type, uncompared: tuple[str, ...]) -> type:
         if name != "__init__":
             value.__qualname__ = f"{cls.__qualname__}.{name}"
         setattr(cls, name, value)
-    cls.__match_args__ = fields
-    cls._fields = fields  # type: ignore[attr-defined]
+    cls.__match_args__ = fields  # type: ignore[attr-defined]
     return cls
