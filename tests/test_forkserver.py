@@ -388,7 +388,7 @@ def test_malformed_requests_do_not_break_the_server(server):
 
 
 # What a fork server imports before its first sandbox: the essential set, the child's
-# entry, the server's own needs and what preparing the default Landlock ruleset loads.
+# entry, the server's own needs and what preparing a Landlock ruleset may load.
 _BEFORE_FIRST_SPAWN = (
     "import sys\n"
     "sys.path[:0] = sys.argv[1:]\n"
