@@ -178,7 +178,8 @@ class Resolution:
 
     def paths(self) -> list[str]:
         # Many objects need the same library: each file is resolved once.
-        return list(dict.fromkeys(os.path.realpath(p) for p in dict.fromkeys(lib.path for lib in self.libraries)))
+        dirs: dict[str, str] = {}
+        return list(dict.fromkeys(_realpath(p, dirs) for p in dict.fromkeys(lib.path for lib in self.libraries)))
 
 
 class Loader:
@@ -220,11 +221,12 @@ class Loader:
         seen: set[tuple[str, tuple[str, ...]]] = set()
         todo = [(os.path.abspath(p), ()) for p in objects]
         reals: dict[str, str] = {}
+        dirs: dict[str, str] = {}
 
         def real(p: str) -> str:
             r = reals.get(p)
             if r is None:
-                r = reals[p] = os.path.realpath(p)
+                r = reals[p] = _realpath(p, dirs)
             return r
 
         while todo:
@@ -351,6 +353,19 @@ def _mapped_libraries() -> dict[str, str]:
 
 def _machine_of_this_process() -> int:
     return {"x86_64": 62, "aarch64": 183}.get(os.uname().machine, 0)
+
+
+def _realpath(path: str, dirs: dict[str, str]) -> str:
+    """``os.path.realpath(path)``, resolving each directory once (``dirs`` caches them):
+    only a last component that is itself a link needs the full walk."""
+    head, tail = os.path.split(path)
+    real_head = dirs.get(head)
+    if real_head is None:
+        real_head = dirs[head] = os.path.realpath(head)
+    candidate = os.path.join(real_head, tail)
+    if tail in ("", ".", "..") or os.path.islink(candidate):
+        return os.path.realpath(path)
+    return candidate
 
 
 def _same(a: str, b: str) -> bool:
