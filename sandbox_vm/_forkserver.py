@@ -341,6 +341,7 @@ class _Server:
             landlock = sys.modules.get("sandbox_vm._landlock")
             hook = getattr(landlock, "prepare", None)
             if hook is not None and config.confinement != "none":
+                self.compile_seccomp()  # first: the host may still be sending the base paths
                 try:
                     fds = (int(hook(tuple(config.allow_imports), self.base_paths()).fd),)
                 except Exception:
@@ -381,9 +382,17 @@ class _Server:
         from ._config import SandboxConfig
 
         self.prepare(SandboxConfig())
+        self.compile_seccomp()
+
+    _seccomp_compiled = False
+
+    def compile_seccomp(self) -> None:
+        """With PID namespaces every sandbox is pid 1: compile its seccomp filter once, here."""
         lockdown = sys.modules.get("sandbox_vm._lockdown")
-        if self.own_pidns >= 0 and hasattr(lockdown, "compile_seccomp"):
-            lockdown.compile_seccomp(1)
+        if self._seccomp_compiled or self.own_pidns < 0 or not hasattr(lockdown, "compile_seccomp"):
+            return
+        lockdown.compile_seccomp(1)
+        self._seccomp_compiled = True
 
     def fork(self, config, fds: list[int], keep: tuple[int, ...]) -> int:
         if self.own_pidns >= 0 and self.libc.unshare(_CLONE_NEWPID) != 0:
