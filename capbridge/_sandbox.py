@@ -10,7 +10,7 @@ import time
 import warnings
 from typing import Any, Callable, Iterable, Mapping
 
-from . import _interrupt
+from . import _interrupt, _watchdog
 from ._channel import Channel
 from ._deadline import DEFAULT_GRACE, DeadlineBlock, Enforcer, Timed
 from ._errors import (
@@ -166,6 +166,10 @@ class Sandbox:
             from sandbox_vm._spawn import ensure_server, spawn
 
             ensure_server()  # the first one of a process starts while the rest is checked
+            # So do the threads every sandbox needs: starting one waits for it to run,
+            # which is slow on a busy machine, and the fork server takes longer anyway.
+            pump().start()
+            _watchdog.start()
             from sandbox_vm import SandboxConfig
             from sandbox_vm._config import sandbox_options
 
