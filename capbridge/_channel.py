@@ -66,8 +66,7 @@ class ChannelClosed(SandboxError):
 
 
 class _Local(threading.local):
-    depth = 0
-    serving: list | None = None
+    serving: list | None = None  # questions of the peer this thread is serving, innermost last
     block: Any = None  # the innermost active DeadlineBlock of this thread
 
 
@@ -291,25 +290,25 @@ class Channel:
         """
         if self._dead is not None:
             raise _detached(self._dead)
-        local = self._local
+        stack = self._local.serving
+        if stack is None:
+            stack = self._local.serving = []
         qid = self._next_qid()
         inbox: list = []  # what is routed to this call: its answer, calls nested in it
         questions = self._questions
         questions[qid] = inbox
-        depth = -1
         armed = 0
         timed = None
+        # A call is outermost when this thread serves nothing of the peer's: only an
+        # outermost call has a wall limit of its own (nested ones live inside one).
         if self._timing or timeout is not None:
-            depth = local.depth
-            local.depth = depth + 1
             if timeout is not None or self._special:
                 try:
-                    armed = self._arm(qid, depth, timeout)
+                    armed = self._arm(qid, len(stack), timeout)
                 except CallTimeout:  # a deadline block whose time is spent
                     del questions[qid]
-                    local.depth = depth
                     raise
-            elif not depth:
+            elif not stack:
                 # The common timed case: only the hard wall limit of an outermost call.
                 deadline = _monotonic() + self.wall  # type: ignore[operator]
                 self.deadlines[qid] = deadline
@@ -317,8 +316,7 @@ class Channel:
                 if deadline < _watchdog.next_wake:
                     _watchdog.poke()
         try:
-            stack = local.serving
-            msg = (_CALL_T, qid, stack[-1] if stack else 0, target, op, name, args, kwargs)
+            parent = stack[-1] if stack else 0
             scalar = not kwargs
             if scalar:
                 for a in args:
@@ -332,14 +330,14 @@ class Channel:
                     lock = self._send_lock
                     lock.acquire()
                     try:
-                        data = self.session.plain_frame(msg)
+                        data = self.session.call_frame(qid, parent, target, op, name, args, kwargs)
                         n = _os_write(self.wfd, data)
                         if n != len(data):
                             self._write(memoryview(data)[n:])
                     finally:
                         lock.release()
                 else:
-                    self._send(msg, scalar)
+                    self._send((_CALL_T, qid, parent, target, op, name, args, kwargs), scalar)
             except CapbridgeError:
                 self.calls_out -= 1  # it could not be encoded: nothing was sent
                 raise
@@ -352,12 +350,10 @@ class Channel:
             raise
         finally:
             del questions[qid]
-            if depth >= 0:
-                local.depth = depth
-                if armed:
-                    self.deadlines.pop(qid, None)
-                    if armed == 2:
-                        timed = self._disarm(qid)
+            if armed:
+                self.deadlines.pop(qid, None)
+                if armed == 2:
+                    timed = self._disarm(qid)
         if timed is not None and timed.fired:
             raise self._stopped(timed, reply)
         if self._interrupt is not None:
@@ -470,8 +466,7 @@ class Channel:
         qid = self._next_qid()
         p = Pending(qid, stack)
         self._questions[qid] = p.inbox
-        depth = local.depth
-        if timeout is None and not depth and not self._special and self.wall is not None:
+        if timeout is None and not stack and not self._special and self.wall is not None:
             deadline = _monotonic() + self.wall  # the common case: only the wall limit
             self.deadlines[qid] = deadline
             p.armed = 1
@@ -479,11 +474,10 @@ class Channel:
                 _watchdog.poke()
         elif self._timing or timeout is not None:
             try:
-                p.armed = self._arm(qid, depth, timeout)
+                p.armed = self._arm(qid, len(stack), timeout)
             except CallTimeout:
                 del self._questions[qid]
                 raise
-        local.depth = depth + 1
         self.calls_out += 1
         msg = (_CALL_T, qid, stack[-1] if stack else 0, target, op, name, args, kwargs)
         scalar = not kwargs
@@ -588,7 +582,6 @@ class Channel:
         comes, is dropped; calls nested in it are still served, from the shared queue."""
         qid = p.qid
         self._questions.pop(qid, None)
-        self._local.depth -= 1
         if p.armed:
             self.deadlines.pop(qid, None)
             if p.armed == 2:
@@ -608,7 +601,6 @@ class Channel:
         """Finish the call ``p``: its result, or raise its error (as :meth:`call`)."""
         qid = p.qid
         self._questions.pop(qid, None)
-        self._local.depth -= 1
         timed = None
         if p.armed:
             self.deadlines.pop(qid, None)
@@ -666,10 +658,11 @@ class Channel:
                         # The common case, written out: one read brings one whole frame.
                         try:
                             data = _os_read(self.rfd, _READ_SIZE)
+                            n = len(data)
                         except InterruptedError:
                             data = None
-                        if data is not None and len(data) >= 4 and _unpack_from(data)[0] + 4 == len(data) \
-                                and len(data) <= self._max_frame:
+                            n = 0
+                        if n >= 4 and _unpack_from(data)[0] + 4 == n <= self._max_frame:
                             msg = self.session.decode(data, 4)
                         else:
                             msgs = self._read_messages(data)
@@ -775,7 +768,7 @@ class Channel:
                     lock = self._send_lock
                     lock.acquire()
                     try:
-                        data = session.plain_frame((_RETURN_T, qid, result))
+                        data = session.return_frame(qid, result)
                         n = _os_write(self.wfd, data)
                         if n != len(data):
                             self._write(memoryview(data)[n:])

@@ -18,11 +18,7 @@ Persistent ids (all plain tuples):
 
 from __future__ import annotations
 
-import datetime as _dt
-import decimal
-import fractions
 import re
-import uuid
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
     from typing import Any
@@ -46,20 +42,39 @@ PLAIN_TYPES = frozenset(
 #: Values that hold no other value: a message of these never needs the tables.
 SCALARS = frozenset({type(None), bool, int, float, str, bytes})
 
-#: Standard-library types that cross by value.
-STDLIB_VALUE_TYPES = frozenset(
-    {
-        complex,
-        _dt.date,
-        _dt.time,
-        _dt.datetime,
-        _dt.timedelta,
-        _dt.timezone,
-        decimal.Decimal,
-        fractions.Fraction,
-        uuid.UUID,
-    }
-)
+# The modules of the standard-library types that cross by value are imported when
+# first needed (:func:`_load_stdlib`), not with this module: a fresh fork server
+# imports it before its first sandbox, where uuid (with platform), fractions, decimal
+# and datetime cost milliseconds. The server imports them later, while idle.
+_dt = decimal = fractions = uuid = None  # type: ignore[assignment]
+_loaded = False
+_STDLIB_MODULES = frozenset({"datetime", "decimal", "fractions", "uuid"})
+_STDLIB_KINDS = frozenset({"datetime", "time", "date", "timedelta", "timezone", "Decimal", "Fraction", "UUID"})
+
+
+def _load_stdlib() -> frozenset:
+    """Import the value types' modules; their types also become plain dict keys for the decoder."""
+    global _dt, decimal, fractions, uuid, STDLIB_VALUE_TYPES, _loaded
+    import datetime as dt_module
+    import decimal as decimal_module
+    import fractions as fractions_module
+    import uuid as uuid_module
+
+    from ._decoder import add_data_keys
+
+    _dt, decimal, fractions, uuid = dt_module, decimal_module, fractions_module, uuid_module
+    types = frozenset({_dt.date, _dt.time, _dt.datetime, _dt.timedelta, _dt.timezone, decimal.Decimal,
+                       fractions.Fraction, uuid.UUID})
+    add_data_keys(*types)
+    STDLIB_VALUE_TYPES = types | {complex}
+    _loaded = True  # last: another thread may use the modules once it sees this
+    return STDLIB_VALUE_TYPES
+
+
+def __getattr__(name: str) -> Any:
+    if name == "STDLIB_VALUE_TYPES":  # the standard-library types that cross by value
+        return _load_stdlib()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 #: Bits of a Fraction's numerator or denominator (building one costs a gcd).
 MAX_FRACTION_BITS = 4096
@@ -71,7 +86,7 @@ MAX_NDIM = 32
 
 # --------------------------------------------------------------------------- value records
 
-_TZ_KEY = re.compile(r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$")
+_TZ_KEY = r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$"
 
 
 def _encode_tz(tz: Any) -> Any:
@@ -102,7 +117,7 @@ _MAX_ZONES = 4096
 def _zone(key: str) -> Any:
     zone = _ZONES.get(key)
     if zone is None:
-        if len(key) > 64 or ".." in key or not _TZ_KEY.match(key):
+        if len(key) > 64 or ".." in key or not re.match(_TZ_KEY, key):
             raise ProtocolError(f"bad time zone key {safe_repr(key)}")
         import zoneinfo
 
@@ -139,6 +154,12 @@ def encode_value_record(obj: Any) -> tuple | None:
     t = type(obj)
     if t is complex:
         return ("v", "complex", (obj.real, obj.imag))
+    if is_ndarray(obj):
+        return ("v", "ndarray", _encode_ndarray(obj))
+    if t.__module__ not in _STDLIB_MODULES:
+        return None
+    if not _loaded:
+        _load_stdlib()
     if t is _dt.datetime:
         return ("v", "datetime", (obj.replace(tzinfo=None).isoformat(), obj.fold, _encode_tz(obj.tzinfo)))
     if t is _dt.date:
@@ -155,14 +176,12 @@ def encode_value_record(obj: Any) -> tuple | None:
         return ("v", "Fraction", (obj.numerator, obj.denominator))
     if t is uuid.UUID:
         return ("v", "UUID", obj.int)
-    if is_ndarray(obj):
-        return ("v", "ndarray", _encode_ndarray(obj))
     return None
 
 
 # --------------------------------------------------------------------------- numpy arrays
 
-_DTYPE = re.compile(r"^[<>|=]?[biufcSU][0-9]{1,5}$")
+_DTYPE = r"^[<>|=]?[biufcSU][0-9]{1,5}$"
 
 
 def is_ndarray(obj: Any) -> bool:
@@ -177,7 +196,7 @@ def _encode_ndarray(arr: Any) -> tuple:
     import numpy
 
     dt = arr.dtype
-    if dt.hasobject or dt.fields is not None or not _DTYPE.match(dt.str):
+    if dt.hasobject or dt.fields is not None or not re.match(_DTYPE, dt.str):
         raise CapabilityError(
             f"a numpy array of dtype {dt} cannot cross by value: only plain dtypes (bool, "
             "ints, floats, complex, fixed-width bytes and str) can; convert it first"
@@ -191,7 +210,7 @@ def _encode_ndarray(arr: Any) -> tuple:
 def _decode_ndarray(payload: Any) -> Any:
     _need(type(payload) is tuple and len(payload) == 3, "ndarray")
     dtype, shape, data = payload
-    _need(type(dtype) is str and _DTYPE.match(dtype) is not None, "ndarray")
+    _need(type(dtype) is str and re.match(_DTYPE, dtype) is not None, "ndarray")
     _need(type(shape) is tuple and len(shape) <= MAX_NDIM and type(data) in (bytes, bytearray), "ndarray")
     width = int(dtype.lstrip("<>|=")[1:])
     itemsize = width * 4 if "U" in dtype else width
@@ -288,6 +307,8 @@ _BUILDERS = {
 def decode_value_record(kind: Any, payload: Any) -> Any:
     """Build a standard by-value object from a checked record."""
     build = _BUILDERS.get(kind) if type(kind) is str else None
+    if build is not None and not _loaded and kind in _STDLIB_KINDS:
+        _load_stdlib()
     if build is None:
         raise ProtocolError(f"unknown value record kind {safe_repr(kind)}")
     try:

@@ -74,7 +74,8 @@ if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
 
 from ._errors import ProtocolError
 
-__all__ = ["Budget", "decode", "small_answer", "small_call", "NOT_SMALL", "MAX_DEPTH", "OPCODES"]
+__all__ = ["Budget", "decode", "small_answer", "small_call", "NOT_SMALL", "MAX_DEPTH", "OPCODES",
+           "COMMON_ANSWERS", "SMALL_INT_PAYLOADS", "NONE_PAYLOAD"]
 
 #: Deepest nesting of containers accepted from the sandbox.
 MAX_DEPTH = 100
@@ -148,16 +149,23 @@ _EMPTY_DICT, _SETITEM, _SETITEMS = 0x7D, 0x73, 0x75
 _EMPTY_SET, _ADDITEMS, _FROZENSET = 0x8F, 0x90, 0x91
 _BINPERSID = 0x51
 
-#: Name of every opcode byte, for error messages.
-_NAMES = ["0x%02x" % b for b in range(256)]
-try:
-    import pickletools as _pt
+_NAMES: list[str] = []
 
-    for _op in _pt.opcodes:
-        _NAMES[ord(_op.code)] = _op.name
-    del _op, _pt
-except ImportError:  # pragma: no cover
-    pass
+
+def _op_name(op: int) -> str:
+    """The name of opcode byte ``op``, for error messages (pickletools is imported for
+    the first one only: a fresh fork server imports this module before its first sandbox)."""
+    if not _NAMES:
+        names = ["0x%02x" % b for b in range(256)]
+        try:
+            import pickletools
+        except ImportError:  # pragma: no cover
+            pass
+        else:
+            for info in pickletools.opcodes:
+                names[ord(info.code)] = info.name
+        _NAMES[:] = names
+    return _NAMES[op]
 
 OPCODES = frozenset({
     _PROTO, _FRAME, _STOP, _MARK, _NONE, _TRUE, _FALSE, _BININT, _BININT1, _BININT2, _LONG1,
@@ -237,22 +245,12 @@ _MEM_MEMBER = 4096
 _DATA_KEYS = frozenset({str, bytes, int, float, bool, type(None), complex})
 
 
-def _add_data_keys(*types: type) -> None:
+def add_data_keys(*types: type) -> None:
+    """Let values of ``types`` be dict keys and set items unchecked (the stdlib value
+    types, added by :mod:`capbridge._codec` when it imports them: such a value reaches
+    the decoder only as a record that module built)."""
     global _DATA_KEYS
     _DATA_KEYS = _DATA_KEYS | frozenset(types)
-
-
-def _stdlib_keys() -> None:
-    import datetime
-    import decimal
-    import fractions
-    import uuid
-
-    _add_data_keys(datetime.date, datetime.time, datetime.datetime, datetime.timedelta,
-                   datetime.timezone, decimal.Decimal, fractions.Fraction, uuid.UUID)
-
-
-_stdlib_keys()
 
 _unpack_i = struct.Struct("<i").unpack_from
 _unpack_H = struct.Struct("<H").unpack_from
@@ -296,7 +294,7 @@ def _over(what: str) -> ProtocolError:
 
 
 def _forbidden(op: int, at: int) -> ProtocolError:
-    return ProtocolError(f"forbidden pickle opcode {_NAMES[op]} (0x{op:02x}) at offset {at}")
+    return ProtocolError(f"forbidden pickle opcode {_op_name(op)} (0x{op:02x}) at offset {at}")
 
 
 def _too_deep(limit: int) -> ProtocolError:
@@ -418,6 +416,29 @@ def small_answer(body: Any, start: int, n: int = -1) -> Any:
         return value
     except (IndexError, struct.error, UnicodeDecodeError):
         return NOT_SMALL
+
+
+
+def _common_answers() -> dict[bytes, Any]:
+    values: list[Any] = [None, True, False, "", b"", *range(256)]
+    return {b"\x80\x05" + _OP_BYTES[type(v)](v) + b".": v for v in values}
+
+
+_OP_BYTES: dict[type, Any] = {
+    type(None): lambda v: b"N",
+    bool: lambda v: b"\x88" if v else b"\x89",
+    str: lambda v: b"\x8c\x00",
+    bytes: lambda v: b"C\x00",
+    int: lambda v: bytes((0x4B, v)),
+}
+
+#: The payloads of the commonest answers (None, booleans, empty str and bytes, ints
+#: 0-255), each exactly as the pickler writes it, and their values: a fixed table, so
+#: the reader of one of these is a single lookup. small_answer reads each the same way.
+COMMON_ANSWERS: dict[bytes, Any] = _common_answers()
+#: The same payloads the other way: ints 0-255 by value, and None's.
+SMALL_INT_PAYLOADS: tuple[bytes, ...] = tuple(b"\x80\x05K" + bytes((v,)) + b"." for v in range(256))
+NONE_PAYLOAD = b"\x80\x05N."
 
 
 #: Names kept per connection by small_call (a hostile peer can only fill it).
@@ -802,7 +823,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                         raise _over_memory(mem, limit, n)
                 elif op == 0x65 or op == 0x74 or op == 0x75 or op == 0x90:
                     if not marks:
-                        raise _bad(f"{_NAMES[op]} without MARK")
+                        raise _bad(f"{_op_name(op)} without MARK")
                     m = marks.pop()
                     base = marks[-1] if marks else 0
                     k = len(stack) - m
@@ -848,7 +869,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                         push(obj)
                     else:
                         if m < 1 or not cpos or cpos[-1] != m - 1:
-                            raise _bad(f"{_NAMES[op]} with nothing to add to")
+                            raise _bad(f"{_op_name(op)} with nothing to add to")
                         target = stack[m - 1]
                         tt = type(target)
                         if op == 0x65:
@@ -862,7 +883,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                             mem += 10 * k + 64  # list growth: at most 1/8 more, and 4 slots
                         else:
                             if tt is not (dict if op == 0x75 else set):
-                                raise _bad(f"{_NAMES[op]} {'on' if op == 0x75 else 'to'} a {tt.__name__}")
+                                raise _bad(f"{_op_name(op)} {'on' if op == 0x75 else 'to'} a {tt.__name__}")
                             size = len(target)
                             if size % L_BATCH:
                                 raise _bad_batch(op, k, size)
@@ -900,7 +921,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                     k = 1 if op == 0x61 else 2
                     m = len(stack) - k
                     if m - 1 < base or not cpos:
-                        raise _bad(f"{_NAMES[op]} with nothing to add to")
+                        raise _bad(f"{_op_name(op)} with nothing to add to")
                     d = 1
                     w = k
                     heavy = None
@@ -915,11 +936,11 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                         if p == m and op == 0x73:
                             heavy = ww
                         if not cpos:
-                            raise _bad(f"{_NAMES[op]} with nothing to add to")
+                            raise _bad(f"{_op_name(op)} with nothing to add to")
                     if d > maxd:
                         raise _too_deep(maxd)
                     if cpos[-1] != m - 1:
-                        raise _bad(f"{_NAMES[op]} with nothing to add to")
+                        raise _bad(f"{_op_name(op)} with nothing to add to")
                     target = stack[m - 1]
                     if op == 0x61:
                         if type(target) is not list:
@@ -994,7 +1015,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                             raise _bad("truncated pickle (a string or bytes runs past the end of its frame)")
                         size = j - a
                         if size >= FRAME_TARGET:
-                            raise _bad(f"{size} bytes of {_NAMES[op]} inside a frame (the pickler writes "
+                            raise _bad(f"{size} bytes of {_op_name(op)} inside a frame (the pickler writes "
                                        f"{FRAME_TARGET} bytes or more outside frames)")
                         if op == 0x42:
                             obj = buf[a:j]
@@ -1022,7 +1043,7 @@ def _decode(body: Any, ref: Callable[[tuple], Any], budget: Budget, start: int, 
                         if j > n - 1:
                             raise _bad("truncated pickle")
                         if size < FRAME_TARGET:
-                            raise _bad(f"{size} bytes of {_NAMES[op]} outside a frame (the pickler writes "
+                            raise _bad(f"{size} bytes of {_op_name(op)} outside a frame (the pickler writes "
                                        f"fewer than {FRAME_TARGET} bytes inside frames)")
                         if op == 0x58:
                             obj, w, sm = _text(body, a, j, budget, lim - mem, wlim - work, n)
@@ -1108,7 +1129,7 @@ def _blob_span(src: Any, p: int, op: int) -> tuple[int, int]:
 
 def _bad_batch(op: int, k: int, size: int) -> ProtocolError:
     if size % BATCH:
-        return _bad(f"{_NAMES[op]} after a batch of fewer than {BATCH} items")
+        return _bad(f"{_op_name(op)} after a batch of fewer than {BATCH} items")
     if op == 0x65:
         return _bad(f"APPENDS of {k} items (the pickler writes 1 to {BATCH}, and a one-item list with APPEND)")
     if op == 0x75:

@@ -248,9 +248,17 @@ class _Pump:
         with self.lock:
             for fd in sink.streams:
                 self.sel.register(fd, selectors.EVENT_READ, sink)
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name="capbridge-output", daemon=True)
-                self.thread.start()
+            self._start()
+
+    def start(self) -> None:
+        """Start the thread now (the first :meth:`register` does otherwise)."""
+        with self.lock:
+            self._start()
+
+    def _start(self) -> None:  # caller holds the lock
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="capbridge-output", daemon=True)
+            self.thread.start()
 
     def unregister(self, sink: OutputSink) -> None:
         with self.lock:

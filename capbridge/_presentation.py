@@ -14,18 +14,21 @@ an object has one (it does so for typing aliases); proxies use that hook.
 
 from __future__ import annotations
 
-import ast
-import inspect
-import re
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    import ast
+    import inspect
+    import re
     from typing import Any
+
+# ast and inspect are imported when a signature is first rebuilt, not with this module:
+# a fresh fork server imports it before its first sandbox, and they cost milliseconds
+# there (the server imports them later, while idle).
 
 __all__ = ["HelpHook", "class_name", "help_target", "signature_from_text", "with_self"]
 
-_KIND = inspect.Parameter
 #: reprs such as <object object at 0x7f...> or <Color.RED: 1>, which are not Python.
-_ANGLE_REPR = re.compile(r"<[^<>\n]*>")
+_ANGLE_REPR = r"<[^<>\n]*>"
 
 
 class _Shown:
@@ -47,6 +50,8 @@ def class_name(desc_name: str) -> str:
 
 
 def _parse(text: str) -> tuple[str, ast.arguments, ast.expr | None] | None:
+    import ast
+
     source = f"def _f{text}: pass"
     try:
         tree = ast.parse(source)
@@ -64,6 +69,11 @@ def signature_from_text(text: str) -> inspect.Signature | None:
     """The signature printed as ``text`` on the host, or None if it cannot be rebuilt."""
     if not text or not text.startswith("("):
         return None
+    import ast
+    import inspect
+    import re
+
+    param = inspect.Parameter
     originals: list[str] = []
     mark = "__cb_repr"
     while mark in text:  # a placeholder must not occur in the text itself
@@ -79,7 +89,7 @@ def signature_from_text(text: str) -> inspect.Signature | None:
     for _ in range(8):  # innermost first: <function <lambda> at 0x...>
         if parsed is not None:
             break
-        hidden, n = _ANGLE_REPR.subn(hide, hidden)
+        hidden, n = re.subn(_ANGLE_REPR, hide, hidden)
         if not n:
             return None
         parsed = _parse(hidden)
@@ -105,14 +115,14 @@ def signature_from_text(text: str) -> inspect.Signature | None:
     positional = [*args.posonlyargs, *args.args]
     defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
     for i, (arg, default) in enumerate(zip(positional, defaults)):
-        kind = _KIND.POSITIONAL_ONLY if i < len(args.posonlyargs) else _KIND.POSITIONAL_OR_KEYWORD
-        params.append(_KIND(arg.arg, kind, default=shown(default), annotation=shown(arg.annotation)))
+        kind = param.POSITIONAL_ONLY if i < len(args.posonlyargs) else param.POSITIONAL_OR_KEYWORD
+        params.append(param(arg.arg, kind, default=shown(default), annotation=shown(arg.annotation)))
     if args.vararg is not None:
-        params.append(_KIND(args.vararg.arg, _KIND.VAR_POSITIONAL, annotation=shown(args.vararg.annotation)))
+        params.append(param(args.vararg.arg, param.VAR_POSITIONAL, annotation=shown(args.vararg.annotation)))
     for arg, default in zip(args.kwonlyargs, args.kw_defaults):
-        params.append(_KIND(arg.arg, _KIND.KEYWORD_ONLY, default=shown(default), annotation=shown(arg.annotation)))
+        params.append(param(arg.arg, param.KEYWORD_ONLY, default=shown(default), annotation=shown(arg.annotation)))
     if args.kwarg is not None:
-        params.append(_KIND(args.kwarg.arg, _KIND.VAR_KEYWORD, annotation=shown(args.kwarg.annotation)))
+        params.append(param(args.kwarg.arg, param.VAR_KEYWORD, annotation=shown(args.kwarg.annotation)))
     try:
         return inspect.Signature(params, return_annotation=shown(returns))
     except (ValueError, TypeError):
@@ -121,9 +131,12 @@ def signature_from_text(text: str) -> inspect.Signature | None:
 
 def with_self(sig: inspect.Signature) -> inspect.Signature | None:
     """``sig`` with a leading ``self``, as a method's signature reads in a class."""
+    import inspect
+
+    param = inspect.Parameter
     rest = list(sig.parameters.values())
-    kind = _KIND.POSITIONAL_ONLY if rest and rest[0].kind is _KIND.POSITIONAL_ONLY else _KIND.POSITIONAL_OR_KEYWORD
-    params = [_KIND("self", kind), *rest]
+    kind = param.POSITIONAL_ONLY if rest and rest[0].kind is param.POSITIONAL_ONLY else param.POSITIONAL_OR_KEYWORD
+    params = [param("self", kind), *rest]
     try:
         return sig.replace(parameters=params)
     except ValueError:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
     from typing import Any
 
 from . import _codec
-from ._decoder import MAX_DEPTH, Budget, decode as _decode
+from ._decoder import COMMON_ANSWERS, MAX_DEPTH, NONE_PAYLOAD, NOT_SMALL, SMALL_INT_PAYLOADS, Budget, decode as _decode
 from ._errors import CapabilityError, ProtocolError, RemoteError
 from ._expose import ALLOWED_DUNDERS, Interface, Member, value_type, value_type_named, value_type_of
 from ._protocol import ANSWER_FRAME, ANSWER_HEADER, CALL_FRAME, CALL_HEADER, HEADER, HELLO_HEADER, Op, Tag
@@ -38,8 +38,8 @@ _OP_CALL, _OP_GET, _OP_SET, _OP_ITER = int(Op.CALL), int(Op.GET), int(Op.SET), i
 #: mode, counts one nesting level on entering a frozenset and none on leaving it, so
 #: after 50 of them it takes siblings for cycles; they are sent as records instead.
 _PLAIN = (_codec.PLAIN_TYPES - {frozenset}) | {pickle.PickleBuffer}
-_RECORDS = _codec.STDLIB_VALUE_TYPES
 _loads = pickle.loads
+_common_answer = COMMON_ANSWERS.get
 _pack_call = CALL_HEADER.pack
 _pack_call_frame = CALL_FRAME.pack
 _pack_answer_frame = ANSWER_FRAME.pack
@@ -173,6 +173,34 @@ class SandboxSession(Session):
         self.bytes_out += n + 4
         return frame
 
+    def return_frame(self, qid: int, value: Any) -> bytes:
+        """The whole frame for a RETURN of a scalar (:meth:`plain_frame`, unpacked)."""
+        if value is None:
+            payload = NONE_PAYLOAD
+        elif type(value) is int and 0 <= value < 256:
+            payload = SMALL_INT_PAYLOADS[value]
+        else:
+            parts = self._parts
+            self._direct.dump(value)
+            payload = parts.pop() if len(parts) == 1 else _join_parts(parts)
+        n = len(payload) + 9
+        if n > 8192:
+            return _frame(self.encode((_RETURN_T, qid, value)))
+        self.bytes_out += n + 4
+        return _pack_answer_frame(n, _RETURN_T, qid) + payload
+
+    def call_frame(self, qid: int, parent: int, target: int, op: int, name: str | None,
+                   args: tuple, kwargs: dict) -> bytes:
+        """The whole frame for a CALL of scalars (:meth:`plain_frame`, unpacked)."""
+        parts = self._parts
+        self._direct.dump((name, args, kwargs))
+        payload = parts.pop() if len(parts) == 1 else _join_parts(parts)
+        n = len(payload) + 26
+        if n > 8192:
+            return _frame(self.encode((_CALL_T, qid, parent, target, op, name, args, kwargs)))
+        self.bytes_out += n + 4
+        return _pack_call_frame(n, _CALL_T, qid, parent, target, op) + payload
+
     def encode_plain(self, msg: tuple) -> bytes:
         """Body for a CALL or RETURN that holds only scalars (the channel checked)."""
         try:
@@ -285,8 +313,9 @@ class SandboxSession(Session):
             return None
         if t is frozenset:  # as a set: the host checks its items as it builds any set
             return ("v", "frozenset", set(obj))
-        if t in _RECORDS or _codec.is_ndarray(obj):
-            return _codec.encode_value_record(obj)
+        record = _codec.encode_value_record(obj)
+        if record is not None:
+            return record
         if isinstance(obj, Proxy):
             if obj._cb_chan is not self.channel:
                 raise CapabilityError("a proxy from another connection cannot be passed here")
@@ -341,10 +370,16 @@ class SandboxSession(Session):
         self.bytes_in += n - base + 4
         tag = body[base]
         if tag == _RETURN_T or tag == _RAISE_T:
+            if n - base < 15 and type(body) is bytes:
+                value = _common_answer(body[base + 9:], NOT_SMALL)
+                if value is not NOT_SMALL:
+                    return (tag, _unpack_answer(body, base)[1], value)
             if n < 4096 and body.find(b"Q", base + 9) < 0:
                 return (tag, _unpack_answer(body, base)[1], _loads(body[base + 9:]))
             return (tag, _unpack_answer(body, base)[1], self._load(body, base + 9))
         if tag == _CALL_T:
+            if n < 4096 and body.find(b"Q", base + 26) < 0:
+                return (*_unpack_call(body, base), *_loads(body[base + 26:]))
             return (*_unpack_call(body, base), *self._load(body, base + 26))
         if tag == _RELEASE_T:
             return (tag, self._load(body, base + 1))

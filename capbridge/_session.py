@@ -95,7 +95,7 @@ class Session:
         self.max_frame = max_frame
         self.debug = debug
         self.tables = Tables()
-        self._export_of = self.tables.exports.get
+        self._export_of = self.tables.exports.lookup
         self.channel: Any = None  # the I/O layer proxies call through
         self.calls_in = 0
         self.bytes_in = 0

@@ -62,10 +62,12 @@ class ExportTable:
     """Exports by id and by object, and the interface keys they use."""
 
     __slots__ = ("_by_id", "_by_obj", "_next", "_lock", "_keys", "_idle", "_live", "_next_key", "_sent",
-                 "_out")
+                 "_out", "lookup")
 
     def __init__(self, out: list | None = None) -> None:
         self._by_id: dict[int, Export] = {}
+        #: :meth:`get` without its frame, for the dispatch path.
+        self.lookup = self._by_id.get
         self._by_obj: dict[int, Export] = {}
         self._next = 1
         self._lock = threading.Lock()

@@ -18,7 +18,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
     from typing import Any
 
-__all__ = ["watch", "unwatch", "poke", "next_wake"]
+__all__ = ["watch", "unwatch", "poke", "next_wake", "start"]
 
 _cond = threading.Condition(threading.Lock())
 _watched: "weakref.WeakSet[Any]" = weakref.WeakSet()
@@ -61,12 +61,22 @@ def _run() -> None:
 
 def watch(chan: Any) -> None:
     """Enforce ``chan.deadlines`` from now on."""
-    global _thread
     with _cond:
         _watched.add(chan)
-        if _thread is None or not _thread.is_alive():
-            _thread = threading.Thread(target=_run, name="capbridge-watchdog", daemon=True)
-            _thread.start()
+        _start()
+
+
+def start() -> None:
+    """Start the thread now (the first :func:`watch` does otherwise)."""
+    with _cond:
+        _start()
+
+
+def _start() -> None:  # caller holds _cond
+    global _thread
+    if _thread is None or not _thread.is_alive():
+        _thread = threading.Thread(target=_run, name="capbridge-watchdog", daemon=True)
+        _thread.start()
 
 
 def unwatch(chan: Any) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-import re
 from collections.abc import Mapping
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
     from typing import Any
+
+from ._record import record
 
 __all__ = ["CONFINEMENTS", "THREAD_ENV", "ExitStatus", "SandboxConfig", "check_env", "sandbox_options"]
 
@@ -28,7 +28,6 @@ THREAD_ENV: dict[str, str] = {
     "RAYON_NUM_THREADS": "1",
 }
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _MAX_ENV_BYTES = 32 * 1024  # the whole config must fit in one spawn packet
 # Read once, when a program starts: a sandbox is forked from a running interpreter, so
 # setting them would silently do nothing.
@@ -36,7 +35,7 @@ _READ_AT_START = (("LD_", "the dynamic loader"), ("GLIBC_TUNABLES", "glibc"), ("
                   ("PYTHON", "the interpreter"))
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class SandboxConfig:
     """Settings a sandbox process is started with.
 
@@ -67,6 +66,11 @@ class SandboxConfig:
         return {**THREAD_ENV, **dict(self.env)}
 
 
+def _is_variable_name(name: str) -> bool:
+    """Letters, digits and ``_``, not starting with a digit (ASCII only)."""
+    return name.isascii() and name.isidentifier()
+
+
 def check_env(env: Any) -> tuple[tuple[str, str], ...]:
     """``env`` (a mapping of str to str, or None) as sorted pairs; raises what is wrong."""
     if env is None:
@@ -75,7 +79,7 @@ def check_env(env: Any) -> tuple[tuple[str, str], ...]:
         raise TypeError(f"env must be a mapping of variable names to strings, not {type(env).__name__}")
     size = 0
     for name, value in env.items():
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _is_variable_name(name):
             raise ValueError(f"env: {name!r} is not a variable name (letters, digits and '_', "
                              "not starting with a digit)")
         if not isinstance(value, str):
@@ -108,14 +112,14 @@ def sandbox_options(*, allow_imports: Any = (), preload: Any = (), env: Any = No
     return {"allow_imports": tops, "preload": preloaded, "env": check_env(env)}
 
 
-@dataclasses.dataclass(frozen=True)
+@record(uncompared=("cpu_seconds",))
 class ExitStatus:
     """How a sandbox process ended: exactly one of the two is set."""
 
     exitcode: int | None = None
     signal: int | None = None
     #: CPU time (user + system) the process used over its life, when known.
-    cpu_seconds: float | None = dataclasses.field(default=None, compare=False)
+    cpu_seconds: float | None = None
 
     @classmethod
     def from_wait_status(cls, status: int, cpu_seconds: float | None = None) -> "ExitStatus":

@@ -29,12 +29,16 @@ is granted exactly when the loader needs it.
 
 from __future__ import annotations
 
-import dataclasses
 import mmap
 import os
 import struct
 import sys
-from collections.abc import Iterable
+
+from ._record import record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = ["ElfInfo", "Library", "Loader", "Resolution", "read_elf", "read_loader_cache"]
 
@@ -44,7 +48,7 @@ DT_NULL, DT_NEEDED, DT_STRTAB, DT_SONAME, DT_RPATH, DT_RUNPATH = 0, 1, 5, 14, 15
 PT_LOAD, PT_DYNAMIC = 1, 2
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class ElfInfo:
     """The parts of an ELF file's dynamic section the loader acts on."""
 
@@ -150,7 +154,7 @@ def system_dirs() -> list[str]:
     return [d for d in dirs if os.path.isdir(d)]
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Library:
     """One shared library found for a ``DT_NEEDED`` entry.
 
@@ -164,7 +168,7 @@ class Library:
     needed_by: str
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Resolution:
     """Every library the objects need, what was not found, and whether the cache is used."""
 
@@ -173,7 +177,9 @@ class Resolution:
     needs_cache: bool
 
     def paths(self) -> list[str]:
-        return list(dict.fromkeys(os.path.realpath(lib.path) for lib in self.libraries))
+        # Many objects need the same library: each file is resolved once.
+        dirs: dict[str, str] = {}
+        return list(dict.fromkeys(_realpath(p, dirs) for p in dict.fromkeys(lib.path for lib in self.libraries)))
 
 
 class Loader:
@@ -199,6 +205,7 @@ class Loader:
         self.dirs = system_dirs() if dirs is None else list(dirs)
         self._machines: dict[str, bool] = {}
         self._infos: dict[str, ElfInfo | None] = {}
+        self._searched: dict[tuple[str, str, tuple[str, ...]], tuple[list[Library], bool]] = {}
 
     @property
     def cache(self) -> dict[str, list[str]]:
@@ -214,11 +221,12 @@ class Loader:
         seen: set[tuple[str, tuple[str, ...]]] = set()
         todo = [(os.path.abspath(p), ()) for p in objects]
         reals: dict[str, str] = {}
+        dirs: dict[str, str] = {}
 
         def real(p: str) -> str:
             r = reals.get(p)
             if r is None:
-                r = reals[p] = os.path.realpath(p)
+                r = reals[p] = _realpath(p, dirs)
             return r
 
         while todo:
@@ -238,7 +246,7 @@ class Loader:
                 if not libs:
                     missing[(name, path)] = None
                 for lib in libs:
-                    lib = dataclasses.replace(lib, needed_by=path)
+                    lib = Library(lib.soname, lib.path, lib.via, needed_by=path)
                     found.setdefault((lib.soname, real(lib.path), real(path)), lib)
                     # What it loads searches its DT_RPATH and its loaders' (a RUNPATH hides its own).
                     todo.append((lib.path, (() if info.runpath else own_rpath) + inherited))
@@ -252,14 +260,18 @@ class Loader:
             path = name if os.path.isabs(name) else os.path.join(os.getcwd(), name)
             return ([Library(name, path, "path", "")] if self._usable(path) else []), False
         if info.runpath:
-            chains = [("runpath", self._expand(info.runpath, origin))]
+            via, dirs = "runpath", tuple(self._expand(info.runpath, origin))
         else:
-            rpath = [*self._expand(info.rpath, origin), *inherited, *self.caller_rpath]
-            chains = [("rpath", rpath)]
-        for via, dirs in chains:
-            hits = self._in_dirs(name, dirs)
-            if hits:
-                return [Library(name, p, via, "") for p in hits], False
+            via, dirs = "rpath", (*self._expand(info.rpath, origin), *inherited, *self.caller_rpath)
+        key = (name, via, dirs)  # many objects ask for the same library the same way
+        if key not in self._searched:
+            self._searched[key] = self._search_dirs(name, via, dirs)
+        return self._searched[key]
+
+    def _search_dirs(self, name: str, via: str, dirs: tuple[str, ...]) -> tuple[list[Library], bool]:
+        hits = self._in_dirs(name, dirs)
+        if hits:
+            return [Library(name, p, via, "") for p in hits], False
         cached = [p for p in self.cache.get(name, ()) if self._usable(p)]
         system = self._in_dirs(name, self.dirs)
         libs = [Library(name, p, "system dir", "") for p in system]
@@ -341,6 +353,19 @@ def _mapped_libraries() -> dict[str, str]:
 
 def _machine_of_this_process() -> int:
     return {"x86_64": 62, "aarch64": 183}.get(os.uname().machine, 0)
+
+
+def _realpath(path: str, dirs: dict[str, str]) -> str:
+    """``os.path.realpath(path)``, resolving each directory once (``dirs`` caches them):
+    only a last component that is itself a link needs the full walk."""
+    head, tail = os.path.split(path)
+    real_head = dirs.get(head)
+    if real_head is None:
+        real_head = dirs[head] = os.path.realpath(head)
+    candidate = os.path.join(real_head, tail)
+    if tail in ("", ".", "..") or os.path.islink(candidate):
+        return os.path.realpath(path)
+    return candidate
 
 
 def _same(a: str, b: str) -> bool:

@@ -53,6 +53,9 @@ from __future__ import annotations
 import os
 import struct
 import sys
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from collections.abc import Iterable
 
 __all__ = [
     "FLAG_PIDNS",
@@ -64,6 +67,7 @@ __all__ = [
     "decode_ready",
     "encode_spawn",
     "server_command",
+    "server_paths",
 ]
 
 # -- wire format: shared by the host (sandbox_vm._spawn) and the server below --------
@@ -121,6 +125,25 @@ _BOOT = (
 SERVER_ENV = {"MALLOC_ARENA_MAX": "2", "LC_ALL": "C.UTF-8"}
 
 
+_REQUIRED = ("sandbox_vm", "capbridge", "cloudpickle", "tblib")
+
+
+def server_paths(extra: Iterable[str] = ()) -> list[str]:
+    """The directories a fork server imports from besides the standard library:
+    capbridge's own, its dependencies', this environment's ``site-packages``."""
+    import importlib.util
+    import sysconfig
+
+    paths: list[str] = []
+    for name in _REQUIRED:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            paths.append(os.path.dirname(os.path.abspath(list(spec.submodule_search_locations)[0])))
+    site = sysconfig.get_paths()
+    paths += [site["purelib"], site["platlib"], *extra]
+    return list(dict.fromkeys(p for p in paths if p and os.path.isdir(p)))
+
+
 def server_command(ctl_fd: int, paths: list[str], options: str) -> list[str]:
     """The argv that starts a fork server on ``ctl_fd`` importing from ``paths``.
 
@@ -145,6 +168,7 @@ _ESSENTIAL = (
     "capbridge",
     "capbridge._sandbox_session",
     "capbridge._channel",
+    "capbridge._errors_data",  # _runtime.serve, before HELLO (with linecache: exec and eval)
 )
 # Imported while the server is idle, then frozen: commonly used by sandbox code.
 _WARM = (
@@ -153,7 +177,8 @@ _WARM = (
     "struct", "base64", "hashlib", "copy", "string", "textwrap", "enum", "operator",
     "heapq", "bisect", "statistics", "contextlib", "abc", "numbers", "types",
     "inspect", "weakref", "array", "binascii", "zlib", "pprint",
-    "capbridge._errors_data",  # what the runtime raises remote errors with
+    "ast",  # capbridge._presentation rebuilds the host's signatures with it
+    "pickletools",  # capbridge._decoder names opcodes in its errors with it
     "cloudpickle",  # what Sandbox.call's pickles name
 )
 
@@ -353,6 +378,7 @@ class _Server:
             landlock = sys.modules.get("sandbox_vm._landlock")
             hook = getattr(landlock, "prepare", None)
             if hook is not None and config.confinement != "none":
+                self.compile_seccomp()  # first: the host may still be sending the base paths
                 try:
                     fds = (int(hook(tuple(config.allow_imports), self.base_paths()).fd),)
                 except Exception:
@@ -393,9 +419,17 @@ class _Server:
         from ._config import SandboxConfig
 
         self.prepare(SandboxConfig())
+        self.compile_seccomp()
+
+    _seccomp_compiled = False
+
+    def compile_seccomp(self) -> None:
+        """With PID namespaces every sandbox is pid 1: compile its seccomp filter once, here."""
         lockdown = sys.modules.get("sandbox_vm._lockdown")
-        if self.own_pidns >= 0 and hasattr(lockdown, "compile_seccomp"):
-            lockdown.compile_seccomp(1)
+        if self._seccomp_compiled or self.own_pidns < 0 or not hasattr(lockdown, "compile_seccomp"):
+            return
+        lockdown.compile_seccomp(1)
+        self._seccomp_compiled = True
 
     # -- the standby child -----------------------------------------------------------
 
@@ -687,6 +721,9 @@ def _server_main(ctl_fd: int, options: str) -> None:
     import gc
     import signal
 
+    # No collections while importing (they cost milliseconds before the first sandbox
+    # and find next to nothing: what imports make stays); frozen below.
+    gc.disable()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     server = _Server(ctl_fd, options)
     for name in _ESSENTIAL:
@@ -694,6 +731,7 @@ def _server_main(ctl_fd: int, options: str) -> None:
     entry_module = server.entry.partition(":")[0]
     _import_optional(entry_module)
     gc.freeze()  # a full collect waits for idle time (see _Server.run)
+    gc.enable()
     try:
         server.hello()
     except OSError:

@@ -123,11 +123,12 @@ def base_paths(path: list[str] | None = None) -> list[str]:
 def rule_paths(allow_imports: tuple[str, ...], access: Access | None = None,
                base: list[str] | None = None) -> list[str]:
     """Every path that gets a read-only rule, in a stable order."""
-    from . import _packages
+    if access is None and allow_imports:
+        from . import _packages
 
-    if access is None:
         access = _packages.resolve(allow_imports)
-    return list(dict.fromkeys([*(base_paths() if base is None else base), *access.paths()]))
+    extra = access.paths() if access is not None else []
+    return list(dict.fromkeys([*(base_paths() if base is None else base), *extra]))
 
 
 def _zoneinfo_dirs() -> list[str]:
@@ -181,10 +182,12 @@ def prepare(allow_imports: tuple[str, ...], base: list[str] | None = None) -> Ru
     attr = struct.pack("=QQQ", fs, net, scoped)[: 8 if abi < 4 else 16 if abi < 6 else 24]
     buf = ctypes.create_string_buffer(attr, len(attr))
     fd = _syscall(SYS_CREATE_RULESET, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
+    access = None
     try:
-        from . import _packages
+        if key:  # (without it, _packages and _elf stay unimported in a fork server)
+            from . import _packages
 
-        access = _packages.resolve(key)
+            access = _packages.resolve(key)
         paths = rule_paths(key, access, base)
         for path in paths:
             _add_rule(fd, path)
@@ -196,10 +199,11 @@ def prepare(allow_imports: tuple[str, ...], base: list[str] | None = None) -> Ru
     except BaseException:
         os.close(fd)
         raise
-    fill_import_caches(access.finder_dirs)
-    if access.distributions:
+    finder_dirs = access.finder_dirs if access is not None else ()
+    fill_import_caches(finder_dirs)
+    if access is not None and access.distributions:
         fill_metadata_caches()
-    ruleset = _CACHE[key] = Ruleset(fd, abi, paths, time.perf_counter() - start, access.finder_dirs)
+    ruleset = _CACHE[key] = Ruleset(fd, abi, paths, time.perf_counter() - start, finder_dirs)
     return ruleset
 
 

@@ -18,7 +18,6 @@ only closes descriptors and reports every layer missing.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import errno as _errno
 import os
 import time
@@ -28,6 +27,7 @@ if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
 
 from . import _landlock, _namespaces, _policy, _rlimits, _seccomp
 from ._config import SandboxConfig
+from ._record import record
 
 __all__ = [
     "LayerState", "LockdownFailed", "LockdownReport", "Step", "build_plan", "compile_seccomp", "lock_down", "run_plan",
@@ -44,7 +44,7 @@ class LockdownFailed(Exception):
         self.hint = hint
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class LayerState:
     """One layer after lockdown: whether it is in force, what it did, what it cost."""
 
@@ -55,7 +55,7 @@ class LayerState:
     seconds: float = 0.0
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class LockdownReport:
     layers: tuple[LayerState, ...] = ()
     confinement: str = ""
@@ -72,7 +72,7 @@ class LockdownReport:
         return "\n".join(lines)
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Step:
     """One planned step. ``required``: failing it aborts the lockdown."""
 

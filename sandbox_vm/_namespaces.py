@@ -9,7 +9,6 @@ No uid map is written, so the process sees itself as the overflow uid (65534).
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import os
 import time
 
@@ -26,13 +25,24 @@ KINDS: dict[str, int] = {
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-@dataclasses.dataclass
 class NamespaceResult:
     """Which kinds took, why the others did not (errno), and what each cost."""
 
-    taken: list[str] = dataclasses.field(default_factory=list)
-    failed: dict[str, int] = dataclasses.field(default_factory=dict)
-    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    def __init__(self, taken: list[str] | None = None, failed: dict[str, int] | None = None,
+                 seconds: dict[str, float] | None = None) -> None:
+        self.taken: list[str] = [] if taken is None else taken
+        self.failed: dict[str, int] = {} if failed is None else failed
+        self.seconds: dict[str, float] = {} if seconds is None else seconds
+
+    def __repr__(self) -> str:
+        return f"NamespaceResult(taken={self.taken!r}, failed={self.failed!r}, seconds={self.seconds!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.taken, self.failed, self.seconds) == (other.taken, other.failed, other.seconds)  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
 
 
 def unshare(flags: int) -> int:

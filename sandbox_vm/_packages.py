@@ -24,16 +24,19 @@ finds it.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib.machinery
 import os
 import re
 import sys
-from collections.abc import Iterable
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from collections.abc import Iterable
+    from typing import Any
 
 from . import _elf
+from ._forkserver import server_paths
+from ._record import record
 
 __all__ = [
     "Access", "Distribution", "Entry", "check_names", "describe", "locations", "resolve", "sandbox_path", "server_paths",
@@ -42,27 +45,10 @@ __all__ = [
 # Kinds of readable entries, in the order `describe` prints them.
 PACKAGE, VENDORED, METADATA, DATA, LIBRARY, LOADER_CACHE = (
     "package files", "vendored libraries", "metadata", "data files", "shared library", "loader cache")
-_REQUIRED = ("sandbox_vm", "capbridge", "cloudpickle", "tblib")
 _MAX_WALK = 20000  # files scanned for extension modules in a directory without a RECORD
 
 
 # -- the sandbox's import path ---------------------------------------------------------
-
-def server_paths(extra: Iterable[str] = ()) -> list[str]:
-    """The directories a fork server imports from besides the standard library:
-    capbridge's own, its dependencies', this environment's ``site-packages``."""
-    import importlib.util
-    import sysconfig
-
-    paths: list[str] = []
-    for name in _REQUIRED:
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.submodule_search_locations:
-            paths.append(os.path.dirname(os.path.abspath(list(spec.submodule_search_locations)[0])))
-    site = sysconfig.get_paths()
-    paths += [site["purelib"], site["platlib"], *extra]
-    return list(dict.fromkeys(p for p in paths if p and os.path.isdir(p)))
-
 
 @functools.lru_cache(maxsize=1)
 def _sandbox_path() -> tuple[str, ...]:
@@ -140,7 +126,7 @@ def _import_name_hint(name: str) -> str:
 
 # -- resolving what becomes readable ---------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Entry:
     """One readable path: what kind, for which distribution (or import name), and why."""
 
@@ -150,7 +136,7 @@ class Entry:
     note: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Distribution:
     """An installed distribution made readable; ``required_by`` is empty when asked for."""
 
@@ -159,7 +145,7 @@ class Distribution:
     required_by: tuple[str, ...]
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Access:
     """Everything :func:`resolve` found for a set of import names."""
 

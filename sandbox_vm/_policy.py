@@ -10,9 +10,10 @@ says why it is there. File access is allowed at the syscall level because Landlo
 
 from __future__ import annotations
 
-import dataclasses
 import errno as _errno
 import os
+
+from ._record import record
 
 __all__ = [
     "ALLOW", "KILL", "Action", "ArgCheck", "Group", "Policy", "Rule", "UnsupportedArch",
@@ -20,7 +21,7 @@ __all__ = [
 ]
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Action:
     """What the filter returns: ``kind`` is 'allow', 'errno' or 'kill'."""
 
@@ -37,7 +38,7 @@ EPERM = Action("errno", _errno.EPERM)
 ENOSYS = Action("errno", _errno.ENOSYS)
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class ArgCheck:
     """A test on one 32-bit half of syscall argument ``arg`` (0-based).
 
@@ -71,7 +72,7 @@ def is_null(arg: int) -> tuple[ArgCheck, ArgCheck]:
     return (ArgCheck(arg, "in", (0,)), ArgCheck(arg, "in", (0,), "hi"))
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Rule:
     """``syscall`` gets ``action`` when every check in ``when`` holds, else ``otherwise``."""
 
@@ -82,14 +83,14 @@ class Rule:
     otherwise: Action = EPERM
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Group:
     name: str
     reason: str
     rules: tuple[Rule, ...]
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Policy:
     """The whole filter for one process on one architecture."""
 

@@ -16,16 +16,21 @@ import os
 import pickle
 import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import weakref
-from typing import Callable
+
+# The C module: socket.py turns its constants into enums at import, which costs the
+# first sandbox of a process milliseconds before the fork server can start.
+import _socket
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
 
 from . import _forkserver as wire
 from ._config import ExitStatus, SandboxConfig
-from ._packages import server_paths
 
 __all__ = ["ForkServer", "SandboxProcess", "ensure_server", "prestart", "spawn", "stats"]
 
@@ -155,7 +160,7 @@ class ForkServer:
         self.flags = 0
         self.spawned = 0
         self.owner = os.getpid()
-        import_path = server_paths(paths)
+        import_path = wire.server_paths(paths)
         # The base Landlock paths take the server tens of milliseconds to work out
         # (ELF dependencies of the standard library's extensions): this process does
         # it meanwhile, while the server's interpreter starts, and hands them over.
@@ -164,7 +169,7 @@ class ForkServer:
             (["nopidns"] if not pid_namespace else []) + ([f"entry={entry}"] if entry else [])
             + [f"base={base_r}"]
         )
-        host, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        host, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         try:
             self._popen = subprocess.Popen(
                 wire.server_command(child.fileno(), import_path, options),
@@ -258,7 +263,7 @@ class ForkServer:
         try:
             self._sock.sendmsg(
                 [wire.encode_spawn(req_id, blob)],
-                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
+                [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds))],
             )
         except OSError as exc:
             with self._lock:
@@ -277,7 +282,7 @@ class ForkServer:
 
     def _read_loop(self) -> None:
         sock = self._sock
-        anc_size = socket.CMSG_SPACE(4)
+        anc_size = _socket.CMSG_SPACE(4)
         while True:
             try:
                 msg, anc, _, _ = sock.recvmsg(4096, anc_size)
@@ -364,7 +369,7 @@ class ForkServer:
         with self._lock:
             self._gone = True
         try:
-            self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.shutdown(_socket.SHUT_RDWR)
         except OSError:
             pass
         if threading.current_thread() is not self._reader:
@@ -470,7 +475,7 @@ def _send_base_paths(fd: int, path: list[str]) -> None:
 def _received_fds(anc: list) -> list[int]:
     fds = array.array("i")
     for level, kind, data in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
     return list(fds)
 
@@ -495,7 +500,7 @@ def _close(fd: int) -> None:
         pass
 
 
-def _close_socket(sock: socket.socket) -> None:
+def _close_socket(sock: _socket.socket) -> None:
     try:
         sock.close()
     except OSError:

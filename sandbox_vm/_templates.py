@@ -31,12 +31,13 @@ import os
 import struct
 import sys
 import time
-from typing import TYPE_CHECKING, Any, NoReturn
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is not imported at run time: it costs start-up)
+    from typing import Any, NoReturn
+
+    from ._forkserver import _Server
 
 from . import _forkserver as wire
-
-if TYPE_CHECKING:
-    from ._forkserver import _Server
 
 __all__ = ["MAX_TEMPLATES", "Templates", "shared_mappings", "template_key"]
 

@@ -210,3 +210,15 @@ def test_real_extension_modules_resolve_completely() -> None:
     result = _elf.Loader().resolve(objects)
     assert not result.missing, result.missing
     assert any(os.path.basename(p).startswith("libc.so") for p in result.paths())
+
+
+def test_realpath_matches_os_path_realpath(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "lib.so.1").write_bytes(b"")
+    (tmp_path / "linkdir").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "lib.so").symlink_to("lib.so.1")
+    (tmp_path / "real" / "up").symlink_to("..")
+    dirs: dict[str, str] = {}
+    for rel in ("real/lib.so.1", "linkdir/lib.so.1", "linkdir/lib.so", "real/up", "linkdir/missing", "real/."):
+        p = str(tmp_path / rel)
+        assert _elf._realpath(p, dirs) == os.path.realpath(p), rel

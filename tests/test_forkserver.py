@@ -392,3 +392,34 @@ def test_malformed_requests_do_not_break_the_server(server):
     assert server.alive
     proc.close_fds()
     assert proc.wait(10) == ExitStatus(exitcode=0)
+
+
+# What a fork server imports before its first sandbox: the essential set, the child's
+# entry, the server's own needs and what preparing a Landlock ruleset may load.
+_BEFORE_FIRST_SPAWN = (
+    "import sys\n"
+    "sys.path[:0] = sys.argv[1:]\n"
+    "import ctypes, select, _socket\n"
+    "from sandbox_vm import _forkserver\n"
+    "import sandbox_vm._templates, sandbox_vm._child, sandbox_vm._packages\n"
+    "for name in _forkserver._ESSENTIAL:\n"
+    "    __import__(name)\n"
+    "print(' '.join(sorted(sys.modules)))\n"
+)
+# Modules that cost a fresh interpreter milliseconds each and that no sandbox needs to
+# start: the server imports them while idle (_WARM) or never.
+_HEAVY = ("dataclasses", "inspect", "ast", "dis", "typing", "uuid", "platform",
+          "datetime", "decimal", "fractions", "pickletools", "subprocess", "socket", "importlib.metadata")
+
+
+def test_fork_server_starts_without_heavy_modules():
+    import subprocess
+
+    command = wire.server_command(0, [], "")
+    interpreter = command[: command.index("-c")]  # python -I -S ..., as the server runs
+    out = subprocess.run([*interpreter, "-c", _BEFORE_FIRST_SPAWN, *wire.server_paths()],
+                         capture_output=True, text=True, env=dict(wire.SERVER_ENV), cwd="/", timeout=60)
+    assert out.returncode == 0, out.stderr
+    loaded = set(out.stdout.split())
+    assert "capbridge._sandbox_session" in loaded and "sandbox_vm._lockdown" in loaded
+    assert not loaded & set(_HEAVY), sorted(loaded & set(_HEAVY))

@@ -510,3 +510,13 @@ def test_an_interrupt_out_of_a_callback_leaves_the_other_sandboxes_alive(box):
     for o in others:
         assert o.ping() == "pong"
         assert o.slow(0.01) == 0.01
+
+
+def test_two_calls_on_one_sandbox_in_a_gather_each_have_the_wall_limit(sandbox_factory):
+    """Every call a gather begins is outermost: the second call on the same sandbox
+    spins past ``wall_seconds`` and is stopped like the first would be."""
+    sb = sandbox_factory(limits=Limits(wall_seconds=1))
+    mod = sb.load("def f():\n    return 42\n\ndef spin():\n    while True:\n        pass\n", "calls")
+    out = _gather_bounded([mod.f, mod.spin], limit=20, return_exceptions=True)
+    assert out[0] == 42
+    assert isinstance(out[1], capbridge.SandboxTimeout)

@@ -719,3 +719,9 @@ def test_host_context_manager_exit_gets_the_builtin_exception(sandbox_factory):
     assert et2 is FileNotFoundError and (ev2.errno, ev2.strerror) == (2, "gone")
     assert et3 is RemoteError and ev3.type_name == "Mine" and ev3.message == "m"
     assert (et4, ev4) == (None, None)
+
+
+def test_sandbox_collects_garbage(sandbox_factory):
+    # The fork server imports with the collector off; its sandboxes run with it on.
+    sb = sandbox_factory()
+    assert sb.eval("__import__('gc').isenabled()") is True
