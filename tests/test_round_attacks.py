@@ -1,0 +1,213 @@
+"""Attacks on the start-up and hot-path short cuts: the standby child, CPU
+placement, stdlib value types imported on first use, the CALL memo.
+
+Each test is bounded (a few sandboxes, a few seconds) and signals nothing outside
+its own process tree: probes from inside a sandbox use signal 0 only.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from capbridge import Sandbox
+from capbridge._host_session import _MEMO_CALL, MAX_CALL_MEMO, HostSession
+from capbridge._protocol import Op, Tag
+from capbridge._sandbox_session import SandboxSession
+from sandbox_vm import _spawn
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_standby import children_of  # noqa: E402
+
+PROBE = """
+import os, socket
+def attempt(f):
+    try:
+        f()
+    except OSError as exc:
+        return type(exc).__name__
+    return "allowed"
+"""
+
+
+def _server_children() -> set[int]:
+    _spawn.prestart()
+    return children_of(_spawn.stats()["server_pid"])
+
+
+def _settled(before: set[int], timeout: float = 10.0) -> set[int]:
+    """The server's children that were not there ``before``, once no sandbox
+    process is left over (a fresh standby may come and stay: at most one)."""
+    end = time.monotonic() + timeout
+    while True:
+        extra = _server_children() - before
+        if len(extra) <= 1 or time.monotonic() > end:
+            return extra
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- cpus
+
+
+@pytest.mark.parametrize("bad", [{2**31}, {10**30}])
+def test_cpu_numbers_too_large_for_the_kernel_are_refused_and_leave_no_process(bad):
+    before = _server_children()
+    for _ in range(3):
+        with pytest.raises(ValueError, match="cannot be used"):
+            Sandbox(cpus=bad)
+    # Each refused sandbox's process is ended (at most one new standby remains).
+    assert len(_settled(before)) <= 1
+
+
+@pytest.mark.parametrize("bad", [b"\x00", bytearray(b"\x01"), memoryview(b"\x00")])
+def test_bytes_are_not_cpu_sets(bad):
+    with pytest.raises(ValueError, match="set of CPU numbers"):
+        Sandbox(cpus=bad)
+
+
+# --------------------------------------------------------------------------- standby
+
+
+@pytest.mark.filterwarnings("ignore:capbridge. confinement='none'")
+def test_after_strict_a_none_sandbox_gets_no_namespaces_and_strict_again_gets_all():
+    with Sandbox(confinement="strict") as sb:
+        assert sb.missing_layers == ()
+    time.sleep(0.05)  # a namespaced standby is waiting now
+    with Sandbox(confinement="none") as sb:
+        assert sb.eval("__import__('os').getuid()") == os.getuid()  # not in a user namespace
+        sb.exec(PROBE)
+        assert sb.eval("attempt(lambda: socket.socket().close())") == "allowed"
+    time.sleep(0.05)
+    with Sandbox(confinement="best-effort") as sb:
+        assert "namespaces" not in sb.missing_layers
+        assert sb.eval("__import__('os').getuid()") == 65534
+    with Sandbox(confinement="strict") as sb:
+        assert sb.missing_layers == ()
+        assert "unshared user,net,ipc,mount,uts" in sb.confinement_report[1][2]
+
+
+def test_a_sandbox_cannot_reach_the_next_standby_or_the_server():
+    _spawn.prestart()
+    server_pid = _spawn.stats()["server_pid"]
+    with Sandbox(confinement="strict") as sb:
+        sb.exec(PROBE)
+        time.sleep(0.1)  # the next standby has forked
+        others = children_of(server_pid) - {sb.pid}
+        assert sb.eval("sorted(fd for fd in range(256) if attempt(lambda: os.fstat(fd)) == 'allowed')") \
+            == [0, 1, 2, 3, 4]
+        for pid in [server_pid, *others, os.getpid()]:
+            assert sb.eval(f"attempt(lambda: os.kill({pid}, 0))") == "PermissionError"
+            assert sb.eval(f"attempt(lambda: open('/proc/{pid}/status').read())") == "PermissionError"
+            assert sb.eval(f"attempt(lambda: os.sched_getaffinity({pid}))") == "PermissionError"
+        assert sb.eval("attempt(lambda: os.listdir('/proc'))") == "PermissionError"
+
+
+# --------------------------------------------------------------------------- stdlib values
+
+_FIRST_SANDBOX = r"""
+import sys
+from capbridge import Sandbox, expose
+
+class Echo:
+    @expose
+    def back(self, value):
+        return value
+
+KEYS = '''
+KEYS = {datetime.date(2020, 1, 2): 1, decimal.Decimal("1.5"): 2, fractions.Fraction(1, 3): 3,
+        uuid.UUID(int=7): 4, datetime.timedelta(seconds=5): 5,
+        datetime.datetime(2020, 1, 2, 3, 4, tzinfo=datetime.timezone.utc): 6}
+'''
+with Sandbox({"echo": Echo()}, confinement="strict") as sb:
+    assert sb.missing_layers == ()
+    sb.exec("import datetime, decimal, fractions, uuid" + KEYS)
+    got = sb.eval("echo.back(KEYS) == KEYS and echo.back(frozenset(KEYS)) == frozenset(KEYS)")
+    assert got is True, got
+    import datetime, decimal, fractions, uuid
+    exec(KEYS)
+    assert sb.eval("KEYS") == KEYS
+    assert sb.call(lambda d: sorted(map(type, d), key=str) == sorted(map(type, KEYS), key=str), KEYS) is True
+print("ok")
+"""
+
+
+def test_the_first_strict_sandbox_of_a_process_passes_stdlib_values_and_keys():
+    # A fresh process: its first sandbox is forked before the server's idle warm-up
+    # imports datetime, decimal, fractions or uuid (the sandbox imports them locked down).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", _FIRST_SANDBOX], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok"
+
+
+_DECODE_FRESH = textwrap.dedent("""
+    import sys
+    from capbridge import ProtocolError
+    from capbridge import _codec, _decoder
+    from capbridge._host_session import HostSession
+    good, bad = (bytes.fromhex(x) for x in sys.argv[1:3])
+    msg = HostSession().decode(good)
+    assert _codec._loaded and any(t.__name__ == "datetime" for t in _decoder._DATA_KEYS)
+    (key,) = msg[6][0]
+    assert type(key).__name__ == "datetime" and msg[6][0][key] == 1, msg
+    try:
+        HostSession().decode(bad)
+    except ProtocolError as exc:
+        print("refused", exc)
+    else:
+        print("accepted")
+""")
+
+
+def test_a_stdlib_key_in_the_first_message_of_a_process_is_built_and_checked():
+    # (The host registers the stdlib types as data keys before its first decode; a
+    # record is built, and its payload checked, whether or not they were.)
+    import datetime
+
+    sender = SandboxSession()
+    good = sender.encode((int(Tag.CALL), 5, 0, 0, int(Op.CALL), "f", ({datetime.datetime(2020, 1, 2): 1},), {}))
+    # The same message with the record's payload swapped for a malformed one.
+    bad = good.replace(b"2020-01-02T00:00:00", b"2020-99-02T00:00:00")
+    assert bad != good
+    proc = subprocess.run([sys.executable, "-c", _DECODE_FRESH, good.hex(), bad.hex()],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("refused"), proc.stdout
+
+
+# --------------------------------------------------------------------------- the CALL memo
+
+
+def test_the_call_memo_at_its_worst_stays_near_its_documented_size():
+    import tracemalloc
+
+    # Sixteen one-character str arguments of two UTF-8 bytes each: the most objects a
+    # payload of _MEMO_CALL bytes can make the memo keep.
+    sender = SandboxSession()
+    bodies = []
+    for i in range(MAX_CALL_MEMO):
+        args = tuple(chr(0x100 + (i * 13 + k) % 0x700) for k in range(16))
+        body = sender.encode_plain((int(Tag.CALL), 5, 0, 0, int(Op.CALL), "f", args, {}))
+        assert len(body) <= _MEMO_CALL
+        bodies.append(body)
+    host = HostSession()
+    host.decode(bodies[0])
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for body in bodies[1:]:
+            host.decode(body)
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(host._calls) == MAX_CALL_MEMO
+    assert kept < 200 * 1024
+    # The next one starts the memo again.
+    host.decode(sender.encode_plain((int(Tag.CALL), 5, 0, 0, int(Op.CALL), "g", (), {})))
+    assert len(host._calls) == 1
