@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from capbridge import Sandbox
+from capbridge import Limits, RemoteError, Sandbox, SandboxTimeout
 from capbridge._host_session import _MEMO_CALL, MAX_CALL_MEMO, HostSession
 from capbridge._protocol import Op, Tag
 from capbridge._sandbox_session import SandboxSession
@@ -91,20 +91,52 @@ def test_after_strict_a_none_sandbox_gets_no_namespaces_and_strict_again_gets_al
         assert "unshared user,net,ipc,mount,uts" in sb.confinement_report[1][2]
 
 
+PROBE_OTHERS = """
+import ctypes
+_libc = ctypes.CDLL(None, use_errno=True)
+def seize(pid):
+    # PTRACE_SEIZE does not stop the tracee; detach at once should it ever succeed
+    if _libc.ptrace(0x4206, pid, 0, 0) == 0:
+        _libc.ptrace(17, pid, 0, 0)
+        return "allowed"
+    return ctypes.get_errno()
+"""
+
+
+def _reach(sb, server_pid: int) -> None:
+    sb.exec(PROBE + PROBE_OTHERS)
+    time.sleep(0.1)  # the next standby has forked
+    others = children_of(server_pid) - {sb.pid}
+    assert sb.eval("sorted(fd for fd in range(256) if attempt(lambda: os.fstat(fd)) == 'allowed')") \
+        == [0, 1, 2, 3, 4]
+    own = sb.eval("os.getpid()")
+    for pid in sorted({server_pid, *others, os.getpid(), own + 1, own - 1} - {own, 0}):
+        assert sb.eval(f"attempt(lambda: os.kill({pid}, 0))") == "PermissionError", pid
+        assert sb.eval(f"attempt(lambda: open('/proc/{pid}/status').read())") != "allowed", pid
+        assert sb.eval(f"attempt(lambda: os.sched_getaffinity({pid}))") != "allowed", pid
+        assert sb.eval(f"seize({pid})") != "allowed", pid
+    assert sb.eval("attempt(lambda: os.listdir('/proc'))") == "PermissionError"
+
+
 def test_a_sandbox_cannot_reach_the_next_standby_or_the_server():
     _spawn.prestart()
     server_pid = _spawn.stats()["server_pid"]
     with Sandbox(confinement="strict") as sb:
-        sb.exec(PROBE)
-        time.sleep(0.1)  # the next standby has forked
-        others = children_of(server_pid) - {sb.pid}
-        assert sb.eval("sorted(fd for fd in range(256) if attempt(lambda: os.fstat(fd)) == 'allowed')") \
-            == [0, 1, 2, 3, 4]
-        for pid in [server_pid, *others, os.getpid()]:
-            assert sb.eval(f"attempt(lambda: os.kill({pid}, 0))") == "PermissionError"
-            assert sb.eval(f"attempt(lambda: open('/proc/{pid}/status').read())") == "PermissionError"
-            assert sb.eval(f"attempt(lambda: os.sched_getaffinity({pid}))") == "PermissionError"
-        assert sb.eval("attempt(lambda: os.listdir('/proc'))") == "PermissionError"
+        _reach(sb, server_pid)
+
+
+def test_without_pid_namespaces_a_sandbox_cannot_reach_the_standby_or_the_server(monkeypatch):
+    from sandbox_vm._spawn import ForkServer
+
+    server = ForkServer(pid_namespace=False)
+    try:
+        assert server.ready(30)
+        monkeypatch.setattr(_spawn, "spawn", server.spawn)
+        for _ in range(3):  # the first may be forked afresh, the next from the standby
+            with Sandbox(confinement="strict") as sb:
+                _reach(sb, server.server_pid)
+    finally:
+        server.close()
 
 
 # --------------------------------------------------------------------------- stdlib values
@@ -211,3 +243,98 @@ def test_the_call_memo_at_its_worst_stays_near_its_documented_size():
     # The next one starts the memo again.
     host.decode(sender.encode_plain((int(Tag.CALL), 5, 0, 0, int(Op.CALL), "g", (), {})))
     assert len(host._calls) == 1
+
+
+# --------------------------------------------------------------------------- outermost calls
+
+SPIN = "def spin():\n    while True:\n        pass\n\ndef f():\n    return 42\n"
+
+
+def test_a_call_from_a_thread_a_callback_started_has_its_own_wall_limit(sandbox_factory):
+    """The thread serves nothing of the sandbox's: its call is outermost, and is
+    stopped at the wall limit (not left to spin as if nested)."""
+    import threading
+
+    out: list = []
+
+    def in_thread(fn):
+        def run():
+            try:
+                out.append(fn())
+            except Exception as exc:
+                out.append(type(exc).__name__)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        t.join(30)
+        return "joined" if not t.is_alive() else "still running"
+
+    sb = sandbox_factory({"in_thread": in_thread}, limits=Limits(wall_seconds=1))
+    sb.exec(SPIN)
+    try:
+        sb.eval("in_thread(spin)")
+    except Exception:
+        pass  # the sandbox is stopped: the outer call ends too
+    assert out == ["SandboxTimeout"]
+
+
+def test_a_callback_calling_back_into_a_spinning_sandbox_is_stopped_by_the_outer_limit(sandbox_factory):
+    def relay(fn):
+        return fn()
+
+    sb = sandbox_factory({"relay": relay}, limits=Limits(wall_seconds=1))
+    sb.exec(SPIN)
+    start = time.monotonic()
+    with pytest.raises(SandboxTimeout):
+        sb.eval("relay(spin)")
+    assert time.monotonic() - start < 30
+
+
+def test_outermost_calls_after_a_failed_callback_keep_their_wall_limit(sandbox_factory):
+    def boom(fn):
+        fn()  # a nested call that works...
+        raise KeyError("x")  # ... then the callback fails
+
+    sb = sandbox_factory({"boom": boom}, limits=Limits(wall_seconds=1))
+    mod = sb.load(SPIN, "spinmod")
+    sb.exec(SPIN)
+    for _ in range(3):
+        with pytest.raises(RemoteError):
+            sb.eval("boom(f)")
+    with pytest.raises(SandboxTimeout):
+        mod.spin()
+
+
+def test_async_calls_in_flight_together_each_have_the_wall_limit():
+    import asyncio
+
+    from capbridge import AsyncSandbox
+
+    async def main():
+        async with AsyncSandbox(limits=Limits(wall_seconds=1)) as sb:
+            mod = await sb.load(SPIN, "spinmod")
+            return await asyncio.wait_for(
+                asyncio.gather(sb.run(mod.f), sb.run(mod.spin), return_exceptions=True), 30)
+
+    got = asyncio.run(main())
+    assert got[0] == 42
+    assert isinstance(got[1], SandboxTimeout)
+
+
+def test_the_call_memo_is_not_used_for_audited_sessions_or_buffers():
+    sender = SandboxSession()
+    body = sender.encode_plain((int(Tag.CALL), 5, 0, 0, int(Op.CALL), "f", (1, "a"), {}))
+    audited = HostSession(audit=lambda event: None)
+    for _ in range(2):
+        msg = audited.decode(body)
+        assert msg[5:] == ("f", (1, "a"), {})
+        assert audited._arg_bytes.pop(5) == len(body)  # every audited call is counted
+    assert audited._calls == {}
+    host = HostSession()
+    first = host.decode(body)
+    for other in (bytearray(body), memoryview(body)):
+        assert host.decode(other) == first
+    assert len(host._calls) == 1
+    # What a remembered call hands out is never the first call's kwargs dict.
+    again = host.decode(body)
+    assert again == first and again[7] is not first[7]
