@@ -338,3 +338,12 @@ def test_the_call_memo_is_not_used_for_audited_sessions_or_buffers():
     # What a remembered call hands out is never the first call's kwargs dict.
     again = host.decode(body)
     assert again == first and again[7] is not first[7]
+
+
+@pytest.mark.parametrize("module", ["[]", "{}", "'datetime'", "'uuid'", "None"])
+def test_an_object_whose_class_names_any_module_crosses_as_a_proxy(sb, module):
+    # (The stdlib value types are recognised by their module first: a class may set
+    # __module__ to anything, even something unhashable.)
+    got = sb.eval(f"type('date', (), {{'__module__': {module}}})()")
+    assert repr(got).startswith("<capbridge proxy of date")
+    assert sb.eval("1 + 1") == 2
