@@ -349,3 +349,43 @@ def test_an_object_whose_class_names_any_module_crosses_as_a_proxy(sb, module):
     got = sb.eval(f"type('date', (), {{'__module__': {module}}})()")
     assert repr(got).startswith("<capbridge proxy of date")
     assert sb.eval("1 + 1") == 2
+
+
+# --------------------------------------------------------------------------- cpus in pools
+
+AFFINITY = "sorted(__import__('os').sched_getaffinity(0))"
+
+
+def test_a_pool_places_every_sandbox_it_starts_and_refuses_bad_cpus_at_once():
+    from capbridge import SandboxPool
+
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    pool = SandboxPool(1, cpus={cpu})
+    try:
+        for _ in range(3):  # the first, then ones the pool's thread started
+            with pool.sandbox() as sb:
+                assert sb.eval(AFFINITY) == [cpu]
+    finally:
+        pool.close()
+    before = _server_children()
+    with pytest.raises(ValueError, match="cannot be used"):
+        SandboxPool(2, cpus={2**31})
+    assert len(_settled(before)) <= 1
+
+
+def test_an_async_sandbox_is_placed_and_refuses_bad_cpus():
+    import asyncio
+
+    from capbridge import AsyncSandbox
+
+    cpu = sorted(os.sched_getaffinity(0))[0]
+
+    async def main():
+        async with AsyncSandbox(cpus={cpu}) as sb:
+            placed = await sb.eval(AFFINITY)
+        with pytest.raises(ValueError):
+            async with AsyncSandbox(cpus={2**31}):
+                pass
+        return placed
+
+    assert asyncio.run(main()) == [cpu]
