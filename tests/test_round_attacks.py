@@ -389,3 +389,25 @@ def test_an_async_sandbox_is_placed_and_refuses_bad_cpus():
         return placed
 
     assert asyncio.run(main()) == [cpu]
+
+
+def test_remembered_calls_read_the_same_from_split_and_joined_frames():
+    from capbridge._protocol import NEED_DATA, FrameReader
+
+    sender = SandboxSession()
+    bodies = [sender.encode_plain((int(Tag.CALL), q, 0, 1, int(Op.CALL), "add", (q % 3, "x"), {}))
+              for q in range(1, 40)]
+    stream = b"".join(len(b).to_bytes(4, "big") + b for b in bodies)
+    host, fresh = HostSession(), HostSession()
+    seen = []
+    for cut in (1, 7, 29, 64, len(stream)):  # reads of these sizes
+        reader = FrameReader(1 << 20)
+        for i in range(0, len(stream), cut):
+            reader.feed(stream[i:i + cut])
+            while (body := reader.next_frame()) is not NEED_DATA:
+                seen.append((host.decode(body), fresh.decode(bytes(body))))
+                fresh._calls.clear()  # always read afresh
+    assert len(seen) == 5 * len(bodies)
+    for got, want in seen:
+        assert got == want
+    assert 0 < len(host._calls) <= 3  # three distinct payloads, each remembered once
