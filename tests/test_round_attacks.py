@@ -411,3 +411,43 @@ def test_remembered_calls_read_the_same_from_split_and_joined_frames():
     for got, want in seen:
         assert got == want
     assert 0 < len(host._calls) <= 3  # three distinct payloads, each remembered once
+
+
+def test_the_cpu_budget_of_an_outermost_call_covers_what_its_callbacks_run(sandbox_factory):
+    from capbridge import CallTimeout, CPULimitExceeded
+
+    def relay(fn):
+        return fn()
+
+    sb = sandbox_factory({"relay": relay}, limits=Limits(call_cpu_seconds=0.3, cpu_seconds=None))
+    sb.interrupt_grace = 0.5
+    sb.exec(SPIN)
+    with pytest.raises((CallTimeout, CPULimitExceeded), match="call_cpu_seconds=0.3"):
+        sb.eval("relay(spin)")
+
+
+def test_a_call_from_a_callbacks_thread_has_its_own_cpu_budget(sandbox_factory):
+    import threading
+
+    out: list = []
+
+    def in_thread(fn):
+        def run():
+            try:
+                out.append(fn())
+            except Exception as exc:
+                out.append(type(exc).__name__)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        t.join(30)
+        return t.is_alive()
+
+    sb = sandbox_factory({"in_thread": in_thread}, limits=Limits(call_cpu_seconds=0.3, cpu_seconds=None))
+    sb.interrupt_grace = 0.5
+    sb.exec(SPIN)
+    try:
+        sb.eval("in_thread(spin)")
+    except Exception:
+        pass
+    assert out and out[0] in ("CallTimeout", "CPULimitExceeded")
