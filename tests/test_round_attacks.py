@@ -451,3 +451,22 @@ def test_a_call_from_a_callbacks_thread_has_its_own_cpu_budget(sandbox_factory):
     except Exception:
         pass
     assert out and out[0] in ("CallTimeout", "CPULimitExceeded")
+
+
+def test_a_standby_that_ended_is_seen_as_ended_before_it_is_handed_a_request():
+    from sandbox_vm._forkserver import _running
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    pidfd = os.pidfd_open(child.pid)
+    try:
+        assert _running(pidfd)
+        child.kill()  # our own child
+        end = time.monotonic() + 10
+        while _running(pidfd) and time.monotonic() < end:
+            time.sleep(0.01)
+        assert not _running(pidfd)
+        assert child.poll() is not None or child.wait(5) is not None  # still there to be reaped
+    finally:
+        os.close(pidfd)
+        child.kill()
+        child.wait()
