@@ -82,7 +82,14 @@ def test_after_strict_a_none_sandbox_gets_no_namespaces_and_strict_again_gets_al
         assert sb.eval("__import__('os').getuid()") == os.getuid()  # not in a user namespace
         sb.exec(PROBE)
         assert sb.eval("attempt(lambda: socket.socket().close())") == "allowed"
-    time.sleep(0.05)
+    time.sleep(0.05)  # a standby without namespaces is waiting now: strict unshares them itself
+    with Sandbox(confinement="strict") as sb:
+        assert sb.missing_layers == ()
+        assert "unshared user,net,ipc,mount,uts" in sb.confinement_report[1][2]
+        sb.exec(PROBE)
+        assert sb.eval("attempt(lambda: socket.socket().close())") == "PermissionError"
+        assert sb.eval("attempt(lambda: os.fork() or None)") == "PermissionError"
+        assert sb.eval("attempt(lambda: open('/etc/passwd').read())") == "PermissionError"
     with Sandbox(confinement="best-effort") as sb:
         assert "namespaces" not in sb.missing_layers
         assert sb.eval("__import__('os').getuid()") == 65534
