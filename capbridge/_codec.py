@@ -156,7 +156,8 @@ def encode_value_record(obj: Any) -> tuple | None:
         return ("v", "complex", (obj.real, obj.imag))
     if is_ndarray(obj):
         return ("v", "ndarray", _encode_ndarray(obj))
-    if t.__module__ not in _STDLIB_MODULES:
+    mod = t.__module__
+    if type(mod) is not str or mod not in _STDLIB_MODULES:  # (a class may set any __module__)
         return None
     if not _loaded:
         _load_stdlib()

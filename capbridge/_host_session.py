@@ -55,7 +55,8 @@ _pack_answer_frame = ANSWER_FRAME.pack
 _common_answer = COMMON_ANSWERS.get
 #: CALL frame bodies of at most _MEMO_CALL bytes are remembered once small_call read
 #: them, at most MAX_CALL_MEMO per connection (then the memo starts again): at most
-#: about 160 KiB of host memory, whatever the sandbox sends.
+#: about 180 KiB of host memory, whatever the sandbox sends (sixteen one-character
+#: str arguments each, the most objects such a payload makes).
 MAX_CALL_MEMO = 128
 _MEMO_CALL = 26 + 96
 

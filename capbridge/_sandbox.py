@@ -98,7 +98,7 @@ def _cpu_set(cpus: Iterable[int] | str | None) -> set[int] | None:
         return None
     if cpus == "caller":
         return set(os.sched_getaffinity(0))
-    if isinstance(cpus, str):
+    if isinstance(cpus, (str, bytes, bytearray, memoryview)):
         raise ValueError(f'cpus must be a set of CPU numbers or "caller", not {cpus!r}')
     try:
         out = set(cpus)
@@ -260,11 +260,14 @@ class Sandbox:
         every thread it starts later inherits the set)."""
         try:
             os.sched_setaffinity(self.pid, cpus)
-        except OSError as exc:
-            self._proc.kill()
+        except BaseException as exc:
+            self._proc.kill()  # whatever went wrong, the process is not left behind
             self._proc.wait(2.0)
+            if not isinstance(exc, (OSError, OverflowError)):
+                raise
+            why = exc.strerror if isinstance(exc, OSError) else "no such CPU number"
             allowed = sorted(os.sched_getaffinity(0))
-            raise ValueError(f"cpus={sorted(cpus)} cannot be used ({exc.strerror}); "
+            raise ValueError(f"cpus={sorted(cpus)} cannot be used ({why}); "
                              f"this thread may run on CPUs {allowed}") from None
 
     def _handshake(self) -> None:

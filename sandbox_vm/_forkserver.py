@@ -465,8 +465,9 @@ class _Server:
 
     def claim_standby(self, key: tuple, confined: bool) -> _Standby | None:
         """The standby, taken, if it can serve a config with prepared ``key``: it
-        inherited that key's descriptors (or the key has none), and it unshared
-        namespaces only if the config is ``confined`` (not ``none``)."""
+        inherited that key's descriptors (or the key has none), it unshared
+        namespaces only if the config is ``confined`` (not ``none``), and it has not
+        ended (killed while it waited, not yet reaped)."""
         sb = self.standby
         if sb is None or sb.owner != self.pid or (key not in sb.keys and self.prepared.get(key)):
             return None
@@ -474,6 +475,9 @@ class _Server:
             self.retire_standby()
             return None
         self.standby = None
+        if not _running(sb.pidfd):  # killed since it forked: fork afresh (reap ends it)
+            os.close(sb.sock)
+            return None
         self.unclaimed.discard(sb.pid)
         return sb
 
@@ -696,6 +700,14 @@ class _Standby:
     def __init__(self, pid: int, pidfd: int, sock: int, keys: frozenset, owner: int, namespaces: bool) -> None:
         self.pid, self.pidfd, self.sock, self.keys, self.owner = pid, pidfd, sock, keys, owner
         self.namespaces = namespaces
+
+
+def _running(pidfd: int) -> bool:
+    """Whether our child ``pidfd`` has not ended (it stays to be reaped)."""
+    try:
+        return os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except OSError:
+        return False
 
 
 def _kill_pidfd(pidfd: int) -> None:
