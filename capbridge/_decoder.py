@@ -418,27 +418,16 @@ def small_answer(body: Any, start: int, n: int = -1) -> Any:
         return NOT_SMALL
 
 
-
-def _common_answers() -> dict[bytes, Any]:
-    values: list[Any] = [None, True, False, "", b"", *range(256)]
-    return {b"\x80\x05" + _OP_BYTES[type(v)](v) + b".": v for v in values}
-
-
-_OP_BYTES: dict[type, Any] = {
-    type(None): lambda v: b"N",
-    bool: lambda v: b"\x88" if v else b"\x89",
-    str: lambda v: b"\x8c\x00",
-    bytes: lambda v: b"C\x00",
-    int: lambda v: bytes((0x4B, v)),
-}
-
-#: The payloads of the commonest answers (None, booleans, empty str and bytes, ints
-#: 0-255), each exactly as the pickler writes it, and their values: a fixed table, so
-#: the reader of one of these is a single lookup. small_answer reads each the same way.
-COMMON_ANSWERS: dict[bytes, Any] = _common_answers()
-#: The same payloads the other way: ints 0-255 by value, and None's.
-SMALL_INT_PAYLOADS: tuple[bytes, ...] = tuple(b"\x80\x05K" + bytes((v,)) + b"." for v in range(256))
+#: The payloads of None and of ints 0-255, exactly as the pickler writes them.
 NONE_PAYLOAD = b"\x80\x05N."
+SMALL_INT_PAYLOADS: tuple[bytes, ...] = tuple(b"\x80\x05K" + bytes((v,)) + b"." for v in range(256))
+#: The commonest answers (those, booleans, empty str and bytes) by payload: a fixed
+#: table, so reading one is a single lookup. small_answer reads each the same way.
+COMMON_ANSWERS: dict[bytes, Any] = {
+    NONE_PAYLOAD: None, b"\x80\x05\x88.": True, b"\x80\x05\x89.": False,
+    b"\x80\x05\x8c\x00.": "", b"\x80\x05C\x00.": b"",
+    **{payload: v for v, payload in enumerate(SMALL_INT_PAYLOADS)},
+}
 
 
 #: Names kept per connection by small_call (a hostile peer can only fill it).

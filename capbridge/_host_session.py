@@ -332,23 +332,20 @@ class HostSession(Session):
         if tag == _CALL_T and n - base >= 26:
             _, qid, parent, target, op = _unpack_call(body, base)
             if 0 < qid < _MAX_ID and parent < _MAX_ID and target < _MAX_ID and op in _OPS:
-                if n - base <= _MEMO_CALL and type(body) is bytes and self.audit is None:
-                    # A short payload read before reads again as it did then.
+                memo = n - base <= _MEMO_CALL and type(body) is bytes and self.audit is None
+                if memo:  # a short payload read before reads again as it did then
                     key = body[base + 26:]
                     seen = self._calls.get(key)
                     if seen is not None:
                         return (_CALL_T, qid, parent, target, op, seen[0], seen[1], {})
-                    payload = small_call(body, base + 26, n, self._names)
-                    if payload is not None:
+                payload = small_call(body, base + 26, n, self._names)
+                if payload is not None and self.audit is None:
+                    if memo:
                         calls = self._calls
                         if len(calls) >= MAX_CALL_MEMO:
                             calls.clear()
                         calls[key] = payload[:2]
-                        return (_CALL_T, qid, parent, target, op, payload[0], payload[1], payload[2])
-                else:
-                    payload = small_call(body, base + 26, n, self._names)
-                    if payload is not None and self.audit is None:
-                        return (_CALL_T, qid, parent, target, op, payload[0], payload[1], payload[2])
+                    return (_CALL_T, qid, parent, target, op, payload[0], payload[1], payload[2])
         elif tag == _RETURN_T and n - base >= 9:
             qid = _unpack_answer(body, base)[1]
             if 0 < qid < _MAX_ID:

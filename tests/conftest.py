@@ -33,3 +33,14 @@ def sandbox_factory():
 @pytest.fixture
 def sb(sandbox_factory):
     return sandbox_factory()
+
+
+@pytest.fixture
+def server():
+    """A private fork server whose children run ``_forkserver_children.obey``."""
+    from sandbox_vm._spawn import ForkServer
+
+    fs = ForkServer(paths=(os.path.dirname(os.path.abspath(__file__)),), entry="_forkserver_children:obey")
+    assert fs.ready(30)
+    yield fs
+    fs.close()

@@ -17,17 +17,7 @@ from sandbox_vm import _forkserver as wire
 from sandbox_vm import _spawn
 from sandbox_vm._spawn import ForkServer
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 NONE = SandboxConfig(confinement="none")
-
-
-@pytest.fixture
-def server():
-    """A private server whose children run ``_forkserver_children.obey``."""
-    fs = ForkServer(paths=(TESTS_DIR,), entry="_forkserver_children:obey")
-    assert fs.ready(30)
-    yield fs
-    fs.close()
 
 
 @pytest.fixture

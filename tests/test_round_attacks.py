@@ -22,17 +22,9 @@ from capbridge._sandbox_session import SandboxSession
 from sandbox_vm import _spawn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_standby import children_of  # noqa: E402
+from test_standby import ATTEMPT, children_of  # noqa: E402
 
-PROBE = """
-import os, socket
-def attempt(f):
-    try:
-        f()
-    except OSError as exc:
-        return type(exc).__name__
-    return "allowed"
-"""
+PROBE = ATTEMPT  # attempt(f): 'allowed' or the OSError's type name
 
 
 def _server_children() -> set[int]:
@@ -259,12 +251,10 @@ def test_the_call_memo_at_its_worst_stays_near_its_documented_size():
 SPIN = "def spin():\n    while True:\n        pass\n\ndef f():\n    return 42\n"
 
 
-def test_a_call_from_a_thread_a_callback_started_has_its_own_wall_limit(sandbox_factory):
-    """The thread serves nothing of the sandbox's: its call is outermost, and is
-    stopped at the wall limit (not left to spin as if nested)."""
+def _runs_in_a_thread(out: list):
+    """A host function that calls ``fn`` on a thread of its own (which serves nothing
+    of the sandbox's), appending the result or the error's type name to ``out``."""
     import threading
-
-    out: list = []
 
     def in_thread(fn):
         def run():
@@ -276,8 +266,16 @@ def test_a_call_from_a_thread_a_callback_started_has_its_own_wall_limit(sandbox_
         t = threading.Thread(target=run, daemon=True)
         t.start()
         t.join(30)
-        return "joined" if not t.is_alive() else "still running"
+        return not t.is_alive()
 
+    return in_thread
+
+
+def test_a_call_from_a_thread_a_callback_started_has_its_own_wall_limit(sandbox_factory):
+    """The thread serves nothing of the sandbox's: its call is outermost, and is
+    stopped at the wall limit (not left to spin as if nested)."""
+    out: list = []
+    in_thread = _runs_in_a_thread(out)
     sb = sandbox_factory({"in_thread": in_thread}, limits=Limits(wall_seconds=1))
     sb.exec(SPIN)
     try:
@@ -434,22 +432,8 @@ def test_the_cpu_budget_of_an_outermost_call_covers_what_its_callbacks_run(sandb
 
 
 def test_a_call_from_a_callbacks_thread_has_its_own_cpu_budget(sandbox_factory):
-    import threading
-
     out: list = []
-
-    def in_thread(fn):
-        def run():
-            try:
-                out.append(fn())
-            except Exception as exc:
-                out.append(type(exc).__name__)
-
-        t = threading.Thread(target=run, daemon=True)
-        t.start()
-        t.join(30)
-        return t.is_alive()
-
+    in_thread = _runs_in_a_thread(out)
     sb = sandbox_factory({"in_thread": in_thread}, limits=Limits(call_cpu_seconds=0.3, cpu_seconds=None))
     sb.interrupt_grace = 0.5
     sb.exec(SPIN)

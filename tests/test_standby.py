@@ -12,18 +12,8 @@ from sandbox_vm import SandboxConfig
 from sandbox_vm import _spawn
 from sandbox_vm._spawn import ForkServer
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 NONE = SandboxConfig(confinement="none")
 STRICT = SandboxConfig()  # the obey entry does not lock down: only the server's routing differs
-
-
-@pytest.fixture
-def server():
-    """A private server whose children run ``_forkserver_children.obey``."""
-    fs = ForkServer(paths=(TESTS_DIR,), entry="_forkserver_children:obey")
-    assert fs.ready(30)
-    yield fs
-    fs.close()
 
 
 def children_of(pid: int) -> set[int]:
